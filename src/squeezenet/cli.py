@@ -1,0 +1,225 @@
+"""``squeezenet`` command line: parses flags and calls the library, nothing more.
+
+Exit codes: 0 success, 2 usage error, 1 any other failure (one message on stderr; a traceback
+only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import SqueezeNetError, UsageError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    return value
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        from .checkpoint import write_text_atomic
+
+        write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- info
+
+def cmd_info(args) -> int:
+    from .summary import format_info
+    from .zoo import create_model, list_models
+
+    if args.arch not in list_models():
+        raise UsageError(f"unknown architecture {args.arch!r}: choose one of {', '.join(list_models())}")
+    model = create_model(args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
+                         bypass=args.bypass, batch_norm=args.batch_norm, small_input=args.small_input,
+                         final_relu=args.final_relu)
+    if args.input_size < model.min_input_size:
+        raise UsageError(f"--input-size {args.input_size} is below {args.arch}'s minimum input size "
+                         f"{model.min_input_size}")
+    text, summary = format_info(args.arch, model, args.input_size)
+    print(text)
+    _write_json(args.json, summary)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+TRAIN_FLAGS = [
+    # (flag, type, help)
+    ("--recipe", str, "named recipe (shapes, noise, fashion-mnist, cifar10, folder); flags override it"),
+    ("--arch", str, "architecture (see `squeezenet info --help`)"),
+    ("--dataset", str, "shapes (default), noise, fashion-mnist, cifar10 or folder"),
+    ("--data-dir", str, "where the data set lives (folder: DIR/<class>/<images>)"),
+    ("--image-size", _positive_int, "resize images to N x N (default: the data set's own size)"),
+    ("--val-fraction", float, "fraction of the training data held out for validation (0.1)"),
+    ("--epochs", _positive_int, "number of epochs (total, also when resuming)"),
+    ("--batch-size", _positive_int, "global batch size"),
+    ("--optimizer", str, "sgd (Nesterov), adam or adamw"),
+    ("--lr", float, "peak learning rate"),
+    ("--momentum", float, "SGD momentum (0.9)"),
+    ("--weight-decay", float, "weight decay (not applied to biases and BatchNorm)"),
+    ("--schedule", str, "onecycle, cosine, step or constant (after linear warm-up)"),
+    ("--warmup-epochs", float, "epochs of linear learning-rate warm-up"),
+    ("--label-smoothing", float, "label smoothing (0 = off)"),
+    ("--grad-clip", float, "clip the gradient norm to this value (0 = off)"),
+    ("--ema", float, "keep an exponential moving average of the weights with this decay (0 = off)"),
+    ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
+    ("--bypass", str, "none, simple or complex (paper section 6)"),
+    ("--dropout", float, "dropout before conv10 (0.5)"),
+    ("--weights", str, "initial weights: a .pth/.safetensors file, or 'torchvision' (download)"),
+    ("--device", str, "auto, cpu or cuda"),
+    ("--amp", str, "mixed precision: auto (bf16 on CUDA), bf16, fp16 or off"),
+    ("--seed", int, "random seed (0)"),
+    ("--out", str, "output directory (default runs/<timestamp>)"),
+    ("--resume", str, "continue the run in this directory from its last completed epoch"),
+    ("--stop-after", _positive_int, "end this invocation after N epochs (continue with --resume)"),
+    ("--train-size", _positive_int, "use only the first N training images (quick runs)"),
+]
+TRAIN_SWITCHES = [
+    ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),
+    ("--small-input", "3x3 stride-1 stem without pooling, for 28-32 px images"),
+    ("--final-relu", "ReLU after conv10, as in the paper (on by default)"),
+    ("--channels-last", "NHWC memory format (faster on CPU; on by default)"),
+    ("--tta", "evaluate with horizontal-flip test-time augmentation"),
+    ("--strict", "unreadable images are an error instead of a skipped warning"),
+    ("--progress", "progress bar (default: on terminals only)"),
+]
+
+
+def cmd_train(args) -> int:
+    from .train import make_config, num_threads_default, train
+
+    values = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+              for flag, *_ in TRAIN_FLAGS + TRAIN_SWITCHES}
+    cfg = make_config(values)
+    num_threads_default()
+    train(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval / predict
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_eval_split
+    from .evaluate import evaluate
+
+    model, meta = load_checkpoint(args.checkpoint)
+    data, loader = load_eval_split(meta, args.dataset, args.data_dir, args.split, args.batch_size)
+    tta = meta.get("tta", False) if args.tta is None else args.tta
+    result = evaluate(model, loader, len(meta["class_names"]), tta=tta)
+    classes = meta["class_names"]
+    print(f"{args.checkpoint}: {meta['arch']} on {args.dataset or meta['dataset']} {args.split} "
+          f"({result['count']:,} images{', flip TTA' if tta else ''})")
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    width = max(len(c) for c in classes)
+    for name, acc, row in zip(classes, result["per_class"], result["confusion"]):
+        print(f"  {name:<{width}}  {acc:6.2f}%  ({sum(row)} images)")
+    if len(classes) <= 20:
+        print("confusion matrix (rows: true, columns: predicted):")
+        for row in result["confusion"]:
+            print("  " + " ".join(f"{v:>5}" for v in row))
+    _write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "tta": tta,
+                            "classes": classes, **result})
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_files
+
+    results, runtime = predict_files(args.checkpoint, args.images, args.top_k, args.runtime)
+    for r in results:
+        best = ", ".join(f"{p['label']} {p['probability'] * 100:.1f}%" for p in r["top"])
+        print(f"{r['image']}: {best}")
+    print(f"(runtime: {runtime})", file=sys.stderr)
+    _write_json(args.json, {"runtime": runtime, "predictions": results})
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model import BYPASS_MODES
+    from .zoo import list_models
+
+    p = argparse.ArgumentParser(prog="squeezenet", description=(
+        "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters. Train, evaluate, predict, "
+        "export, quantize, compress and benchmark."))
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="per-layer table: shapes, parameters, multiply-adds")
+    s.add_argument("arch", help=f"one of {', '.join(list_models())}")
+    s.add_argument("--input-size", type=_positive_int, default=224)
+    s.add_argument("--num-classes", type=_positive_int, default=1000)
+    s.add_argument("--in-channels", type=_positive_int, default=3)
+    s.add_argument("--bypass", choices=BYPASS_MODES, default="none")
+    s.add_argument("--batch-norm", action="store_true")
+    s.add_argument("--small-input", action="store_true")
+    s.add_argument("--final-relu", action=argparse.BooleanOptionalAction, default=True)
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train a model (default: the built-in shapes data set)")
+    for flag, typ, text in TRAIN_FLAGS:
+        s.add_argument(flag, type=typ, default=None, help=text)
+    for flag, text in TRAIN_SWITCHES:
+        s.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix")
+    s.add_argument("checkpoint", help="a .safetensors checkpoint or a run directory")
+    s.add_argument("--dataset", help="default: the data set the checkpoint was trained on")
+    s.add_argument("--data-dir")
+    s.add_argument("--split", choices=("val", "test"), default="test")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: as trained)")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="top-k labels with probabilities for image files")
+    s.add_argument("checkpoint")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--top-k", type=_positive_int, default=5)
+    s.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: the fastest available (onnxruntime when installed)")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"warning: {message}\n"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
+    try:
+        return args.func(args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        parser.exit(2, f"squeezenet {args.command}: error: {e}\n")
+    except SqueezeNetError as e:
+        if args.debug:
+            raise
+        print(f"squeezenet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Accuracy of a model on a loader: loss, top-1, top-5, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def predict_logits(model, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits, optionally averaged with the horizontally flipped image (test-time augmentation)."""
+    logits = model(x).float()
+    if tta:
+        logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
+def evaluate(model, loader, num_classes: int, tta: bool = False, autocast=None) -> dict:
+    """Every sample the loader yields is counted once. Returns figures in percent."""
+    return summarize_confusion(*evaluate_raw(model, loader, num_classes, tta, autocast))
+
+
+@torch.no_grad()
+def evaluate_raw(model, loader, num_classes: int, tta: bool = False, autocast=None):
+    """Sums to reduce across processes: (confusion matrix, summed loss, top-5 hits)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    for x, y in loader:
+        if autocast is not None:
+            with autocast():
+                logits = predict_logits(model, x, tta)
+        else:
+            logits = predict_logits(model, x, tta)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        k = min(5, num_classes)
+        top5 += (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).sum()
+        confusion += torch.bincount(y * num_classes + logits.argmax(1),
+                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+    model.train(was_training)
+    return confusion, loss_sum, top5
+
+
+def summarize_confusion(confusion: torch.Tensor, loss_sum, top5) -> dict:
+    confusion = confusion.cpu()
+    count = int(confusion.sum())
+    correct = int(confusion.diag().sum())
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double() * 100).tolist()
+    return {
+        "count": count,
+        "loss": float(loss_sum) / max(count, 1),
+        "top1": 100.0 * correct / max(count, 1),
+        "top5": 100.0 * int(top5) / max(count, 1),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }

@@ -1,0 +1,37 @@
+"""Named training recipes: plain values, chosen on validation splits carved from training data.
+
+``squeezenet train --recipe NAME`` starts from one of these; any flag overrides a value. Without
+``--recipe`` the recipe named after ``--dataset`` is used (``shapes`` when nothing is given).
+"""
+
+RECIPES: dict[str, dict] = {
+    # The default job: learns a synthetic set visibly in about two minutes on 2 CPU cores.
+    "shapes": dict(
+        dataset="shapes", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
+        bypass="simple", final_relu=False, epochs=7, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle",
+        warmup_epochs=1, label_smoothing=0.0, augment="flip",
+    ),
+    # The outline's own configuration: noise images, Adam at 1e-3, batch 32, 5 epochs, faithful net.
+    "noise": dict(
+        dataset="noise", arch="squeezenet1_1", image_size=224, epochs=5, batch_size=32,
+        optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", warmup_epochs=0,
+        augment="none",
+    ),
+    "fashion-mnist": dict(
+        dataset="fashion-mnist", arch="squeezenet1_1", image_size=28, small_input=True,
+        batch_norm=True, bypass="simple", final_relu=False, epochs=15, batch_size=256, optimizer="sgd", lr=0.4,
+        weight_decay=5e-4, schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
+        augment="crop", ema=0.0, tta=True,
+    ),
+    "cifar10": dict(
+        dataset="cifar10", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
+        bypass="simple", final_relu=False, epochs=30, batch_size=256, optimizer="sgd", lr=0.4, weight_decay=5e-4,
+        schedule="onecycle", warmup_epochs=2, label_smoothing=0.1, augment="crop", tta=True,
+    ),
+    # Any folder of images (the ImageNet layout): faithful v1.1 at 224 px.
+    "folder": dict(
+        dataset="folder", arch="squeezenet1_1", image_size=224, batch_norm=False, epochs=30,
+        batch_size=64, optimizer="sgd", lr=0.04, weight_decay=2e-4, schedule="cosine",
+        warmup_epochs=2, label_smoothing=0.1, augment="rrc",
+    ),
+}

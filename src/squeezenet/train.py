@@ -1,0 +1,364 @@
+"""The trainer: one loop a newcomer can read top to bottom (``train``), configured by plain values.
+
+data -> model -> loop -> artifacts in ``out``: config.json, metrics.jsonl/.csv, loss.png,
+accuracy.png, confusion.png, best/last.safetensors, last.state.pt (for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from . import distributed as dist
+from .checkpoint import load_state, save_checkpoint, save_state, write_text_atomic
+from .data import DATASETS, Loader, load_dataset, train_val_split
+from .errors import SqueezeNetError, UsageError
+from .evaluate import evaluate
+from .plots import plot_confusion, plot_curves
+from .recipes import RECIPES
+from .zoo import create_model, list_models, load_weights
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+AUGMENTS = ("auto", "none", "flip", "crop", "crop-noflip", "rrc")
+DEFAULT_AUGMENT = {"shapes": "flip", "noise": "none", "fashion-mnist": "crop", "cifar10": "crop",
+                   "folder": "rrc"}
+
+
+@dataclass
+class TrainConfig:
+    recipe: str | None = None
+    arch: str = "squeezenet1_1"
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    image_size: int | None = None  # None: the data set's own size
+    val_fraction: float = 0.1
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    ema: float = 0.0  # EMA decay of the weights per step; 0 = off
+    augment: str = "auto"
+    tta: bool = False  # evaluate with horizontal-flip test-time augmentation
+    # model options
+    bypass: str = "none"
+    batch_norm: bool = False
+    small_input: bool = False
+    final_relu: bool = True
+    dropout: float = 0.5
+    weights: str | None = None  # initial weights (.pth/.safetensors, or "torchvision") for fine-tuning
+    # machinery
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, off
+    channels_last: bool = True
+    seed: int = 0
+    out: str | None = None
+    resume: str | None = None
+    stop_after: int | None = None  # end this invocation after N epochs (resume later)
+    strict: bool = False  # unreadable images are errors instead of skips
+    train_size: int | None = None  # use only the first N training images (quick runs, tests)
+    progress: bool | None = None  # None: a bar on terminals, plain lines otherwise
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
+            (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.augment in AUGMENTS, f"--augment must be one of {', '.join(AUGMENTS)}"),
+            (self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}"),
+            (self.arch in list_models(), f"unknown architecture {self.arch!r}: choose one of "
+                                          f"{', '.join(list_models())}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             "--device must be auto, cpu or cuda"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), "--amp must be auto, bf16, fp16 or off"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+def make_config(overrides: dict) -> TrainConfig:
+    """Defaults <- recipe (named, or the data set's) <- saved config (resume) <- explicit values."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    base: dict = {}
+    if overrides.get("resume"):
+        path = Path(overrides["resume"]) / "config.json"
+        if not path.is_file():
+            raise SqueezeNetError(f"cannot resume: {path} not found (pass the --out of an earlier run)")
+        base = json.loads(path.read_text())
+        base.pop("resume", None), base.pop("stop_after", None)
+    else:
+        recipe = overrides.get("recipe") or overrides.get("dataset") or "shapes"
+        if recipe not in RECIPES:
+            kind = "recipe" if overrides.get("recipe") else "dataset"
+            raise UsageError(f"unknown {kind} {recipe!r}: choose one of {', '.join(RECIPES)}")
+        base = {"recipe": recipe, **RECIPES[recipe]}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in {**base, **overrides}.items() if k in known})
+    cfg.validate()
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SqueezeNetError("--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu")
+    return torch.device(name)
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
+    """LR multiplier per optimizer step: linear warm-up, then the schedule."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        t = (step - warmup) / max(1, total - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.schedule == "onecycle":  # linear decay to zero after the warm-up peak
+            return max(0.0, 1 - t)
+        if cfg.schedule == "step":  # /10 at 50% and 75%
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and BatchNorm parameters (standard; it only hurts them).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    mode = cfg.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    if mode == "off":
+        return None
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _progress_enabled(cfg: TrainConfig) -> bool:
+    return sys.stderr.isatty() if cfg.progress is None else cfg.progress
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train per ``cfg``; returns the final epoch's metrics plus ``out``."""
+    cfg.validate()
+    ddp = dist.setup(cfg.device)
+    device = ddp.device if ddp.enabled else pick_device(cfg.device)
+    main = ddp.is_main
+    say = log if main else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+
+    # ---- data: train/val carved from the training split; the test split is eval's alone
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.image_size, seed=cfg.seed,
+                        strict=cfg.strict, size=cfg.train_size)
+    train_set, val_set = train_val_split(full, cfg.val_fraction, cfg.seed)
+    classes = full.classes
+    augment = DEFAULT_AUGMENT[cfg.dataset] if cfg.augment == "auto" else cfg.augment
+    per_rank_batch = ddp.local_batch(cfg.batch_size)
+    train_loader = Loader(train_set, per_rank_batch, shuffle=True, augment=augment, seed=cfg.seed,
+                          drop_last=len(train_set) >= 2 * cfg.batch_size,
+                          sampler=ddp.sampler(train_set, shuffle=True, seed=cfg.seed),
+                          channels_last=cfg.channels_last, device=device)
+    val_loader = Loader(val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
+                        sampler=ddp.eval_sampler(val_set))
+    if len(train_loader) == 0:
+        raise SqueezeNetError(f"{len(train_set)} training images are fewer than one batch")
+
+    # ---- model
+    model_kwargs = dict(num_classes=len(classes), in_channels=full.channels, dropout=cfg.dropout,
+                        bypass=cfg.bypass, batch_norm=cfg.batch_norm, small_input=cfg.small_input,
+                        final_relu=cfg.final_relu)
+    model = create_model(cfg.arch, **model_kwargs)
+    if cfg.weights:
+        report = load_weights(model, cfg.weights) if cfg.weights != "torchvision" else None
+        if report is None:
+            from .zoo import load_torchvision_weights
+            report = load_torchvision_weights(model, cfg.arch)
+        for note in report.notes():
+            say(f"weights: {note}")
+    if train_set.image_size < model.min_input_size:
+        raise SqueezeNetError(f"{cfg.arch} needs images of at least {model.min_input_size} px, the "
+                              f"data is {train_set.image_size} px: pass --image-size "
+                              f"{model.min_input_size} or more, or --small-input")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    if ddp.enabled and device.type == "cuda" and cfg.batch_norm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = ddp.wrap(model)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+           if cfg.ema else None)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(train_loader)))
+    autocast = autocast_for(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    # ---- artifacts directory and resume
+    out = Path(cfg.resume or cfg.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+    history: list[dict] = []
+    start_epoch, best_acc = 0, -1.0
+    if cfg.resume:
+        state = load_state(out / "last.state.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        scaler.load_state_dict(state.get("scaler", scaler.state_dict()))
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        best_acc = max((h["val_acc"] for h in history), default=-1.0)
+        if start_epoch >= cfg.epochs:
+            say(f"{out} already finished {start_epoch} of {cfg.epochs} epochs: nothing to do "
+                f"(pass a larger --epochs to train longer)")
+    elif main and (out / "last.state.pt").exists():
+        raise SqueezeNetError(f"{out} already holds a run: pass --resume {out} to continue it, or "
+                              f"choose another --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    ddp.barrier()
+
+    meta = {"arch": cfg.arch, "model_kwargs": model_kwargs, "class_names": classes,
+            "preprocess": {"image_size": train_set.image_size, "in_channels": full.channels,
+                           "mean": list(full.mean), "std": list(full.std),
+                           "resize": "shorter side to image_size, centre crop"},
+            "dataset": cfg.dataset, "data_dir": cfg.data_dir, "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction, "train_size": cfg.train_size, "tta": cfg.tta}
+    params = sum(p.numel() for p in model.parameters())
+    if start_epoch == 0:
+        say(f"{cfg.arch}: {params:,} parameters | {cfg.dataset}: {len(train_set):,} train / "
+            f"{len(val_set):,} val images of {full.channels}x{train_set.image_size}x"
+            f"{train_set.image_size}, {len(classes)} classes | {device} x{ddp.world_size} | out {out}")
+
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        # Every random draw of an epoch comes from seeds fixed by (seed, epoch): resume is exact.
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        train_loader.set_epoch(epoch)
+        net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+                   disable=not (main and _progress_enabled(cfg)), dynamic_ncols=True)
+        for step, (x, y) in enumerate(bar):
+            with autocast() if autocast else contextlib.nullcontext():
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if bar.disable is False and step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr:.3g}")
+        seconds = time.perf_counter() - t0
+        train_loss, train_acc, seen = ddp.reduce_train(loss_sum, correct, seen)
+        if not math.isfinite(train_loss):
+            raise SqueezeNetError(
+                f"training diverged at epoch {epoch + 1}: the loss is {train_loss}. The last good "
+                f"checkpoint is {out / 'last.safetensors'}; lower --lr (now {cfg.lr}) or add "
+                f"--grad-clip 1")
+        eval_model = ema.module if ema is not None else model
+        val = ddp.evaluate(eval_model, val_loader, len(classes), tta=cfg.tta, autocast=autocast)
+        record = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
+                  "train_acc": round(train_acc, 4), "val_loss": round(val["loss"], 6),
+                  "val_acc": round(val["top1"], 4), "val_top5": round(val["top5"], 4),
+                  "val_count": val["count"], "lr": lr, "images_per_s": round(seen / seconds, 2),
+                  "seconds": round(seconds, 3)}
+        history.append(record)
+        say(f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
+            f"val loss {val['loss']:.4f} top-1 {val['top1']:6.2f}% top-5 {val['top5']:6.2f}%  "
+            f"lr {lr:.3g}  {seen / seconds:,.0f} img/s  {seconds:.1f}s")
+        if main:
+            meta_now = {**meta, "epoch": epoch + 1, "val_acc": val["top1"]}
+            save_checkpoint(out / "last.safetensors", eval_model, meta_now)
+            if val["top1"] > best_acc:
+                best_acc = val["top1"]
+                save_checkpoint(out / "best.safetensors", eval_model, meta_now)
+                write_text_atomic(out / "best_val.json", json.dumps(
+                    {"epoch": epoch + 1, **{k: val[k] for k in ("top1", "top5", "loss", "count")},
+                     "per_class": val["per_class"], "confusion": val["confusion"]}) + "\n")
+            state = {"epoch": epoch + 1, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "history": history}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            save_state(out / "last.state.pt", state)
+            write_metrics(history, out)
+            plot_curves(history, out)
+        ddp.barrier()
+
+    if main and history:
+        best = json.loads((out / "best_val.json").read_text())
+        plot_confusion(best["confusion"], classes, out / "confusion.png",
+                       f"{cfg.arch} on {cfg.dataset} validation (epoch {best['epoch']}, "
+                       f"top-1 {best['top1']:.2f}%)")
+        total = sum(h["seconds"] for h in history)
+        say(f"done: best val top-1 {best['top1']:.2f}% (epoch {best['epoch']}), last "
+            f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
+    ddp.cleanup()
+    return {**(history[-1] if history else {}), "out": str(out)}
+
+
+def write_metrics(history: list[dict], out: Path) -> None:
+    keys = list(history[0])
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    rows = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in history]
+    write_text_atomic(out / "metrics.csv", "\n".join(rows) + "\n")
+
+
+def num_threads_default() -> None:
+    """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)

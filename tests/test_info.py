@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+
+
+def test_info_reports_paper_multiply_adds(cli, tmp_path):
+    for arch, gmacs, params in (("squeezenet1_0", "0.819", "1,248,424"), ("squeezenet1_1", "0.349", "1,235,496")):
+        code, out, _ = cli("info", arch, "--json", tmp_path / f"{arch}.json")
+        assert code == 0
+        assert f"multiply-adds {gmacs} G" in out and params in out
+        assert "fewer parameters" in out and "fire9" in out
+        summary = json.loads((tmp_path / f"{arch}.json").read_text())
+        assert round(summary["macs"] / 1e9, 3) == float(gmacs)
+
+
+def test_info_layer_table(cli):
+    code, out, _ = cli("info", "squeezenet1_1", "--input-size", "32", "--num-classes", "10", "--small-input")
+    assert code == 0
+    assert "512x4x4" in out  # fire9 sees 4x4 at 32 px with the small stem
+    assert "minimum input 8x8" in out
+
+
+def test_info_unknown_arch_lists_valid_ones(cli):
+    code, _, err = cli("info", "alexnet")
+    assert code == 2
+    assert "unknown architecture 'alexnet'" in err and "squeezenet1_1" in err
+
+
+def test_info_below_minimum_names_minimum(cli):
+    code, _, err = cli("info", "squeezenet1_0", "--input-size", "16")
+    assert code == 2 and "minimum input size 21" in err
+
+
+def test_module_entry_point_without_traceback():
+    r = subprocess.run([sys.executable, "-m", "squeezenet", "info", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown architecture" in r.stderr
