@@ -101,8 +101,8 @@ def test_every_variant_trains_a_step(arch, kwargs):
 def test_bypass_places_shortcuts_as_in_the_paper():
     simple = create_model("squeezenet1_0", bypass="simple")
     complex_ = create_model("squeezenet1_0", bypass="complex")
-    fires = lambda m: [f for f in m.features if isinstance(f, squeezenet.Fire)]  # noqa: E731
-    kinds = lambda m: [type(f.shortcut).__name__ if f.shortcut is not None else None  # noqa: E731
+    fires = lambda m: [f for f in m.features if isinstance(f, squeezenet.Fire)]
+    kinds = lambda m: [type(f.shortcut).__name__ if f.shortcut is not None else None
                        for f in fires(m)]
     assert kinds(simple) == [None, "Identity", None, "Identity", None, "Identity", None, "Identity"]
     assert kinds(complex_) == ["Conv2d", "Identity"] * 4

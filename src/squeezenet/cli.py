@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 
 from .errors import SqueezeNetError, UsageError
 

@@ -7,7 +7,6 @@ its published ``squeezenet1_0-b66bff10.pth`` / ``squeezenet1_1-b8a52dc0.pth`` lo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +119,7 @@ class SqueezeNet(nn.Module):
             raise SqueezeNetError("num_classes and in_channels must be at least 1")
         self.num_classes = num_classes
         self.in_channels = in_channels
-        pool = lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)  # noqa: E731
+        pool = lambda: nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
 
         if small_input:
             conv1 = nn.Conv2d(in_channels, stem_channels, 3, stride=1, padding=1, bias=not batch_norm)

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files, never windows: works on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .checkpoint import atomic_path  # noqa: E402
+from .checkpoint import atomic_path
 
 
 def _save(fig, path: Path) -> None:

@@ -25,7 +25,6 @@ from . import distributed as dist
 from .checkpoint import load_state, save_checkpoint, save_state, write_text_atomic
 from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
-from .evaluate import evaluate
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
 from .zoo import create_model, list_models, load_weights
