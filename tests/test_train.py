@@ -1,0 +1,189 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from squeezenet.checkpoint import load_checkpoint, read_metadata
+from squeezenet.train import make_config, train
+
+ARTIFACTS = ["config.json", "metrics.csv", "metrics.jsonl", "loss.png", "accuracy.png", "confusion.png",
+             "best.safetensors", "last.safetensors", "last.state.pt"]
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+def test_default_run_writes_every_artifact_and_learns(trained_run):
+    for name in ARTIFACTS:
+        assert (trained_run / name).is_file(), name
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "seconds"):
+        assert key in rows[0]
+    assert rows[-1]["val_count"] == 120
+    meta = read_metadata(trained_run)
+    assert meta["arch"] == "squeezenet1_1" and len(meta["class_names"]) == 10
+    assert meta["preprocess"]["image_size"] == 32
+    state = torch.load(trained_run / "last.state.pt", weights_only=True)  # no pickled objects
+    assert state["epoch"] == 2
+
+
+def test_cli_train_eval_predict(tmp_path, cli, trained_run):
+    code, out, err = cli("eval", trained_run, "--split", "val", "--json", tmp_path / "e.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["count"] == 120 and 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"]
+    best_val = json.loads((trained_run / "best_val.json").read_text())
+    assert result["top1"] == pytest.approx(best_val["top1"])  # eval re-carves the same split
+    code, out, _ = cli("eval", trained_run / "best.safetensors", "--split", "test")
+    assert code == 0 and "top-1" in out and "confusion matrix" in out
+
+    from squeezenet.data import make_shapes
+
+    shapes = make_shapes(3, 32, seed=99)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(shapes.images[i].permute(1, 2, 0).numpy()).save(p)
+        paths.append(p)
+    code, out, err = cli("predict", trained_run, *paths, "--top-k", "3", "--json", tmp_path / "p.json")
+    assert code == 0, err
+    preds = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert len(preds) == 3 and len(preds[0]["top"]) == 3
+    probs = [t["probability"] for t in preds[0]["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    base = {"epochs": 4, "train_size": 200, "batch_size": 45, "progress": False, "ema": 0.9}
+    train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
+    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 2}), log=QUIET)
+    assert json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 2
+    train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "split" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")}  # noqa: E731
+                       for x in p.read_text().splitlines()]
+    assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "split" / "metrics.jsonl")
+
+
+def test_resume_to_more_epochs_with_constant_lr(tmp_path):
+    base = {"train_size": 150, "batch_size": 45, "progress": False, "schedule": "constant", "warmup_epochs": 0}
+    train(make_config({**base, "epochs": 2, "out": str(tmp_path / "a")}), log=QUIET)
+    train(make_config({"resume": str(tmp_path / "a"), "epochs": 3, "progress": False}), log=QUIET)
+    train(make_config({**base, "epochs": 3, "out": str(tmp_path / "b")}), log=QUIET)
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_outline_configuration_runs(tmp_path, cli):
+    code, out, err = cli("train", "--dataset", "noise", "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
+                         "--lr", "1e-3", "--train-size", "64", "--out", tmp_path / "noise", "--no-progress")
+    assert code == 0, err
+    assert "img/s" in out and (tmp_path / "noise" / "best.safetensors").exists()
+
+
+def test_folder_training_and_class_names(tmp_path, cli, image_folder):
+    code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
+                         "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
+                         "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
+    model, meta = load_checkpoint(tmp_path / "run")
+    assert meta["class_names"] == ["cat", "dog"] and model.num_classes == 2
+
+
+def test_training_learns_a_separable_task(tmp_path, cli):
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "colours", classes=("red", "green", "blue"), per_class=40, size=16)
+    code, out, err = cli("train", "--dataset", "folder", "--data-dir", tmp_path / "colours", "--image-size", "16",
+                         "--small-input", "--batch-norm", "--no-final-relu", "--epochs", "4", "--batch-size", "16",
+                         "--lr", "0.05", "--val-fraction", "0.25", "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_acc"] > 80
+
+
+def test_finetune_from_weights_file(tmp_path, cli):
+    from squeezenet import create_model
+
+    torch.save(create_model("squeezenet1_1").state_dict(), tmp_path / "imagenet.pth")
+    code, out, err = cli("train", "--dataset", "shapes", "--image-size", "64", "--no-small-input",
+                         "--no-batch-norm", "--weights", tmp_path / "imagenet.pth", "--epochs", "1", "--train-size", "64",
+                         "--batch-size", "32", "--out", tmp_path / "ft", "--no-progress")
+    assert code == 0, err
+    assert "classifier re-initialised" in out
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--lr", "-0.1"], "--lr must be a positive number"),
+    (["--optimizer", "rmsprop"], "--optimizer must be one of"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--arch", "resnet"], "unknown architecture 'resnet'"),
+    (["--epochs", "ten"], "expected a whole number"),
+])
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
+    code, _, err = cli("train", *flags, "--out", tmp_path / "run")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_dir_says_how_to_get_data(tmp_path, cli):
+    code, _, err = cli("train", "--dataset", "folder", "--data-dir", tmp_path / "nope", "--out", tmp_path / "run")
+    assert code == 1 and "does not exist" in err and "one sub-folder of images per class" in err
+    assert not (tmp_path / "run").exists()
+    code, _, err = cli("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--out", tmp_path / "run")
+    assert code == 1 and "CIFAR-10 train split not found" in err
+
+
+def test_empty_class_folder(tmp_path, cli, image_folder):
+    (image_folder / "bird").mkdir()
+    code, _, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--out", tmp_path / "run")
+    assert code == 1 and "bird has no images" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_image_warns_or_fails_with_strict(tmp_path, cli, image_folder):
+    (image_folder / "dog" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    args = ["train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32", "--small-input",
+            "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--no-progress"]
+    code, _, err = cli(*args, "--strict", "--out", tmp_path / "strict")
+    assert code == 1 and "truncated.jpg" in err and not (tmp_path / "strict").exists()
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        code, _, err = cli(*args, "--out", tmp_path / "lenient")
+    assert code == 0
+
+
+def test_checkpoint_of_other_classes_or_arch(tmp_path, cli, trained_run):
+    code, _, err = cli("eval", trained_run, "--dataset", "folder", "--data-dir", tmp_path / "none")
+    assert code == 1 and "does not exist" in err
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "three", classes=("a", "b", "c"), size=32)
+    code, _, err = cli("eval", trained_run, "--dataset", "folder", "--data-dir", tmp_path / "three")
+    assert code == 1 and "the checkpoint has 10 classes" in err
+    # weights of another architecture into a model: names the mismatched keys
+    code, _, err = cli("train", "--arch", "squeezenet1_0", "--weights", trained_run / "best.safetensors",
+                       "--epochs", "1", "--out", tmp_path / "x")
+    assert code == 1 and "weights do not fit this architecture" in err and "features.0.weight" in err
+
+
+def test_eval_of_a_non_checkpoint(tmp_path, cli):
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    code, _, err = cli("eval", tmp_path / "junk.safetensors")
+    assert code == 1 and "not a safetensors checkpoint" in err
+    code, _, err = cli("eval", tmp_path / "missing")
+    assert code == 1 and "does not exist" in err
+
+
+def test_existing_run_is_not_overwritten(trained_run, cli):
+    code, _, err = cli("train", "--out", trained_run)
+    assert code == 1 and "--resume" in err
