@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,14 @@ from .model import SqueezeNet
 from .zoo import create_model, load_weights
 
 FORMAT = "squeezenet-checkpoint/1"
+STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
+
+
+def crash_point(name: str) -> None:
+    """Test hook proving crash safety: ``SQUEEZENET_KILL_AT=NAME`` SIGKILLs this process when it
+    reaches the point NAME (e.g. ``epoch2-step3``, ``before-rename:last.state.pt``)."""
+    if os.environ.get("SQUEEZENET_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -35,12 +44,14 @@ def atomic_path(path: str | Path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point(f"before-rename:{path.name}")
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # make the rename itself durable
         finally:
             os.close(dir_fd)
+        crash_point(f"after-rename:{path.name}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -100,9 +111,16 @@ def save_state(path: str | Path, state: dict) -> None:
 
 
 def load_state(path: str | Path) -> dict:
+    """Trainer state for ``--resume``; ``weights_only`` refuses any pickled object but tensors and
+    plain containers, so a planted payload is rejected before it can run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SqueezeNetError(f"trainer state {path} does not exist: nothing to resume") from None
-    except Exception as e:  # UnpicklingError for foreign payloads, RuntimeError for corrupt files
-        raise SqueezeNetError(f"refusing to load trainer state {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # UnpicklingError for foreign payloads, RuntimeError/BadZipFile for corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SqueezeNetError(f"refusing to load trainer state {path}: {first}") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise SqueezeNetError(f"{path} is not a trainer state written by `squeezenet train` (expected "
+                              f"the keys {', '.join(STATE_KEYS)})")
+    return state

@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import urllib.request
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,7 +272,7 @@ def read_idx(path: Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
+    except (OSError, EOFError, ValueError, zlib.error) as e:  # BadGzipFile is an OSError
         raise SqueezeNetError(f"{path} is not a readable IDX file ({e}); download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
         raise SqueezeNetError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
@@ -279,7 +280,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 + 4 * ndim:
         raise SqueezeNetError(f"{path} is truncated (header incomplete)")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    expected = 4 + 4 * ndim + math.prod(dims)  # Python ints: a hostile header cannot overflow
     if len(raw) != expected:
         raise SqueezeNetError(f"{path} holds {len(raw)} bytes but its header says {expected}: "
                               f"the file is truncated or corrupt; download it again")
@@ -403,7 +404,16 @@ def _decode(path: Path, image_size: int, channels: int) -> np.ndarray:
     """Any mode (palette, RGBA, 16-bit, CMYK) to RGB or L; shorter side resized to image_size,
     then centre-cropped."""
     with Image.open(path) as im:
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse before decoding anything.
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels is over the limit of "
+                                               f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?)")
+        if min(im.size) < 1:
+            raise ValueError(f"empty image ({im.width}x{im.height})")
         im.draft("RGB" if channels == 3 else "L", (image_size, image_size))  # JPEG: decode smaller
+        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            # 16/32-bit greyscale: PIL's convert would clip at 255 (mostly white); scale 16 -> 8 bit.
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -461,7 +471,7 @@ def load_folder(root: str | Path, image_size: int = 224, channels: int = 3, stri
         def decode(item):
             try:
                 return _decode(item[0], image_size, channels)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except Exception as e:  # PIL's decoders raise many types on hostile bytes: a named skip
                 return f"{item[0]}: {type(e).__name__}: {e}"
 
         # PIL releases the GIL while decoding, so threads use every core.
@@ -575,8 +585,8 @@ def load_image_files(paths, image_size: int, channels: int) -> tuple[torch.Tenso
             raise SqueezeNetError(f"image {p} does not exist")
         try:
             arrays.append(_decode(p, image_size, channels))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise SqueezeNetError(f"cannot read image {p}: {e}") from None
+        except Exception as e:  # PIL's decoders raise many types on hostile bytes
+            raise SqueezeNetError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
     return torch.from_numpy(np.stack(arrays)), [str(p) for p in paths]
 
 

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import distributed as dist
-from .checkpoint import load_state, save_checkpoint, save_state, write_text_atomic
+from .checkpoint import crash_point, load_state, save_checkpoint, save_state, write_text_atomic
 from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
 from .plots import plot_confusion, plot_curves
@@ -236,7 +236,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out = Path(cfg.resume or cfg.out or time.strftime("runs/%Y%m%d-%H%M%S"))
     history: list[dict] = []
     start_epoch, best_acc = 0, -1.0
-    if cfg.resume:
+    if cfg.resume and not (out / "last.state.pt").exists():
+        say(f"{out} has no checkpoint yet (it stopped during epoch 1): starting it over")
+    elif cfg.resume:
         state = load_state(out / "last.state.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -249,11 +251,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if start_epoch >= cfg.epochs:
             say(f"{out} already finished {start_epoch} of {cfg.epochs} epochs: nothing to do "
                 f"(pass a larger --epochs to train longer)")
-    elif main and (out / "last.state.pt").exists():
+    elif (out / "last.state.pt").exists():  # every rank checks, so all stop together
         raise SqueezeNetError(f"{out} already holds a run: pass --resume {out} to continue it, or "
                               f"choose another --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a crash mid-write (atomic_path); never read
+            stale.unlink()
         write_text_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     ddp.barrier()
 
@@ -286,6 +290,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             with autocast() if autocast else contextlib.nullcontext():
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):  # stop before a NaN/inf step poisons the weights
+                raise SqueezeNetError(diverged_message(cfg, out, epoch, step, loss.item()))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -301,13 +307,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             seen += len(y)
             if bar.disable is False and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr:.3g}")
+            crash_point(f"epoch{epoch + 1}-step{step + 1}")
         seconds = time.perf_counter() - t0
         train_loss, train_acc, seen = ddp.reduce_train(loss_sum, correct, seen)
-        if not math.isfinite(train_loss):
-            raise SqueezeNetError(
-                f"training diverged at epoch {epoch + 1}: the loss is {train_loss}. The last good "
-                f"checkpoint is {out / 'last.safetensors'}; lower --lr (now {cfg.lr}) or add "
-                f"--grad-clip 1")
         eval_model = ema.module if ema is not None else model
         val = ddp.evaluate(eval_model, val_loader, len(classes), tta=cfg.tta, autocast=autocast)
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
@@ -322,20 +324,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if main:
             meta_now = {**meta, "epoch": epoch + 1, "val_acc": val["top1"]}
             save_checkpoint(out / "last.safetensors", eval_model, meta_now)
-            if val["top1"] > best_acc:
-                best_acc = val["top1"]
+            if record["val_acc"] > best_acc:  # rounded, as in the history a resume reads it from
+                best_acc = record["val_acc"]
                 save_checkpoint(out / "best.safetensors", eval_model, meta_now)
                 write_text_atomic(out / "best_val.json", json.dumps(
                     {"epoch": epoch + 1, **{k: val[k] for k in ("top1", "top5", "loss", "count")},
                      "per_class": val["per_class"], "confusion": val["confusion"]}) + "\n")
+            write_metrics(history, out)
+            plot_curves(history, out)
+            # Written last: it is the commit point. A crash before it re-runs this epoch on resume,
+            # which rewrites every file above with the same values.
             state = {"epoch": epoch + 1, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "history": history}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_state(out / "last.state.pt", state)
-            write_metrics(history, out)
-            plot_curves(history, out)
         ddp.barrier()
 
     if main and history:
@@ -348,6 +352,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
             f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
     ddp.cleanup()
     return {**(history[-1] if history else {}), "out": str(out)}
+
+
+def diverged_message(cfg: TrainConfig, out: Path, epoch: int, step: int, loss: float) -> str:
+    kept = f"the last good checkpoint (epoch {epoch}) is kept in {out}" if epoch else "no checkpoint yet"
+    return (f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is {loss}; {kept}. "
+            f"Lower --lr (now {cfg.lr}) or add --grad-clip 1")
 
 
 def write_metrics(history: list[dict], out: Path) -> None:

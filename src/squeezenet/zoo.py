@@ -79,12 +79,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise SqueezeNetError(
             f"refusing to load {path}: it holds Python objects other than tensors, which could run "
             f"code ({first}). Use a safetensors file or a plain state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise SqueezeNetError(f"{path} is not a readable PyTorch weights file ({e})") from None
+    except Exception as e:  # corrupt archives raise RuntimeError, BadZipFile, EOFError, KeyError, ...
+        raise SqueezeNetError(f"{path} is not a readable PyTorch weights file "
+                              f"({type(e).__name__}: {e})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
         raise SqueezeNetError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
