@@ -209,3 +209,13 @@ def test_noise_dataset_matches_the_outline():
     assert len(noise) == 1000
     x = noise.batch(torch.arange(4), torch.Generator().manual_seed(0))
     assert x.shape == (4, 3, 224, 224) and abs(x.std().item() - 1) < 0.05
+
+
+def test_cifar_class_folders_directly(tmp_path):
+    from conftest import write_image_folder
+
+    from squeezenet.data import CIFAR_CLASSES
+
+    write_image_folder(tmp_path / "c", classes=CIFAR_CLASSES, per_class=1, size=32)
+    data = load_cifar10(tmp_path / "c", "test", download=False)
+    assert len(data) == 10 and data.classes == CIFAR_CLASSES

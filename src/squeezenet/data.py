@@ -373,6 +373,8 @@ def load_cifar10(data_dir: str | Path | None, split: str, download: bool = True,
     root = Path(data_dir or "data/cifar10")
     pickles = _find_cifar_pickles(root)
     folder = root / split if (root / split).is_dir() else None
+    if folder is None and root.is_dir() and {d.name for d in root.iterdir() if d.is_dir()} == set(CIFAR_CLASSES):
+        folder = root  # the class folders themselves, e.g. --data-dir cifar10-test/
     if pickles is None and folder is None and download and not root.exists():
         try:
             archive = root / "cifar-10-python.tar.gz"
