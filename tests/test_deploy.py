@@ -7,31 +7,33 @@ import onnx
 import pytest
 import torch
 
+from conftest import write_image_folder
+
 from squeezenet.checkpoint import save_checkpoint
 from squeezenet.zoo import create_model
 
 
-def make_checkpoint(path, **meta_overrides):
-    """A small shapes checkpoint (random weights, BatchNorm with non-trivial statistics)."""
-    kwargs = dict(num_classes=10, small_input=True, batch_norm=True, bypass="simple", final_relu=False)
+def make_checkpoint(path, data_dir, **meta_overrides):
+    """A checkpoint for a 2-class image folder (random weights, BatchNorm with non-trivial
+    statistics). A folder keeps the evaluation and calibration sets tiny, so the tests are fast."""
+    kwargs = dict(num_classes=2, small_input=True, batch_norm=True, bypass="simple", final_relu=False)
     torch.manual_seed(0)
     model = create_model("squeezenet1_1", **kwargs)
     for m in model.modules():  # BatchNorm folding is only tested when BN does something
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
-    from squeezenet.data import SHAPES
-
-    meta = {"arch": "squeezenet1_1", "model_kwargs": kwargs, "class_names": SHAPES,
+    meta = {"arch": "squeezenet1_1", "model_kwargs": kwargs, "class_names": ["cat", "dog"],
             "preprocess": {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.29] * 3},
-            "dataset": "shapes", "data_dir": None, "seed": 0, "val_fraction": 0.1, "train_size": 300,
-            "tta": False, **meta_overrides}
+            "dataset": "folder", "data_dir": str(data_dir), "seed": 0, "val_fraction": 0.25,
+            "train_size": None, "tta": False, **meta_overrides}
     save_checkpoint(path, model, meta)
     return path
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.safetensors")
+    root = tmp_path_factory.mktemp("ckpt")
+    return make_checkpoint(root / "best.safetensors", write_image_folder(root / "images", per_class=8))
 
 
 def test_export_onnx_matches_pytorch_and_carries_metadata(cli, ckpt, tmp_path):
@@ -44,7 +46,7 @@ def test_export_onnx_matches_pytorch_and_carries_metadata(cli, ckpt, tmp_path):
     proto = onnx.load(out)
     onnx.checker.check_model(proto)
     props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["class_names"])[0] == "circle"
+    assert json.loads(props["class_names"]) == ["cat", "dog"]
     assert json.loads(props["mean"]) == [0.5] * 3 and props["image_size"] == "32"
     assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded
 
@@ -71,8 +73,8 @@ def test_export_torchscript_standalone(cli, ckpt, tmp_path):
     assert code == 0, err
     extra = {"squeezenet.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
-    assert json.loads(json.loads(extra["squeezenet.json"])["class_names"])[1] == "square"
-    assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert json.loads(json.loads(extra["squeezenet.json"])["class_names"])[1] == "dog"
+    assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 2)
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -106,23 +108,24 @@ def test_missing_and_foreign_checkpoints(cli, tmp_path, command):
 
 def test_quantize_reports_accuracy_size_and_speed(cli, ckpt, tmp_path):
     out = tmp_path / "m.int8.onnx"
-    code, stdout, err = cli("quantize", ckpt, "--out", out, "--calib-images", "32", "--json", tmp_path / "q.json")
+    code, stdout, err = cli("quantize", ckpt, "--out", out, "--calib-images", "8", "--seconds", "0.1", "--json", tmp_path / "q.json")
     assert code == 0, err
     r = json.loads((tmp_path / "q.json").read_text())
     assert r["bytes_int8"] == out.stat().st_size < 0.4 * r["bytes_fp32"]
-    assert r["eval_count"] == 2000 and r["calibration_images"] == 32
+    assert r["eval_count"] == 16 and r["calibration_images"] == 8
     assert abs(r["top1_drop"]) <= 5 and r["images_per_s_int8"] > 0
     assert {n.op_type for n in onnx.load(out).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert "top-1" in stdout
 
 
 def test_quantize_from_a_calibration_folder(cli, ckpt, image_folder, tmp_path):
-    code, _, err = cli("quantize", ckpt, "--calib-data", image_folder, "--out", tmp_path / "q.onnx")
+    code, _, err = cli("quantize", ckpt, "--calib-data", image_folder, "--out", tmp_path / "q.onnx",
+                       "--seconds", "0.1")
     assert code == 0, err
 
 
 def test_quantize_without_calibration_data(cli, tmp_path):
-    ckpt = make_checkpoint(tmp_path / "c.safetensors", dataset="folder", data_dir=str(tmp_path / "gone"))
+    ckpt = make_checkpoint(tmp_path / "c.safetensors", tmp_path / "gone")
     rc, _, err = cli("quantize", ckpt, "--out", tmp_path / "q.onnx")
     assert rc == 1 and "no calibration data" in err and "--calib-data" in err
     rc, _, err = cli("quantize", ckpt, "--calib-data", tmp_path / "empty", "--out", tmp_path / "q.onnx")
@@ -143,7 +146,7 @@ def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
     weights = torch.cat([w.flatten() for w in conv_weights(model).values()])
     assert float((weights == 0).float().mean()) == pytest.approx(0.7, abs=0.01) == r["sparsity"]
     assert all(len(w.unique()) <= 2 ** 6 + 1 for w in conv_weights(model).values())  # codebook + zero
-    assert meta["class_names"][0] == "circle"
+    assert meta["class_names"] == ["cat", "dog"]
 
 
 def test_compress_bad_sparsity(cli, ckpt, tmp_path):
@@ -152,7 +155,7 @@ def test_compress_bad_sparsity(cli, ckpt, tmp_path):
 
 
 def test_bench_records(cli, tmp_path):
-    code, stdout, err = cli("bench", "squeezenet1_1", "--input-size", "64", "--batch-sizes", "1,2",
+    code, stdout, err = cli("bench", "squeezenet1_1", "--input-size", "32", "--batch-sizes", "1,2",
                             "--runtimes", "eager,channels_last,onnxruntime,onnxruntime-int8",
                             "--seconds", "0.05", "--json", tmp_path / "b.json")
     assert code == 0, err

@@ -159,7 +159,7 @@ def cmd_export(args) -> int:
 def cmd_quantize(args) -> int:
     from .quantize import quantize
 
-    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images)
+    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds)
     print(f"wrote {r['out']}: int8 {r['bytes_int8'] / 1e6:.2f} MB vs fp32 {r['bytes_fp32'] / 1e6:.2f} MB "
           f"({r['calibration_images']} calibration images)")
     print(f"top-1 on {r['split']} ({r['eval_count']:,} images): fp32 {r['top1_fp32']:.2f}%  "
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-images", type=_positive_int, default=256)
     s.add_argument("--out", help="default: beside the checkpoint (.int8.onnx)")
     s.add_argument("--split", choices=("val", "test"), default="test", help="where top-1 is measured")
+    s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model for the speed figure")
     s.add_argument("--json")
     s.set_defaults(func=cmd_quantize)
 
