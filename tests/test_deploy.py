@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import write_image_folder
 
 from squeezenet.checkpoint import save_checkpoint
@@ -108,7 +107,8 @@ def test_missing_and_foreign_checkpoints(cli, tmp_path, command):
 
 def test_quantize_reports_accuracy_size_and_speed(cli, ckpt, tmp_path):
     out = tmp_path / "m.int8.onnx"
-    code, stdout, err = cli("quantize", ckpt, "--out", out, "--calib-images", "8", "--seconds", "0.1", "--json", tmp_path / "q.json")
+    code, stdout, err = cli("quantize", ckpt, "--out", out, "--calib-images", "8", "--seconds", "0.1",
+                            "--json", tmp_path / "q.json")
     assert code == 0, err
     r = json.loads((tmp_path / "q.json").read_text())
     assert r["bytes_int8"] == out.stat().st_size < 0.4 * r["bytes_fp32"]
