@@ -143,6 +143,63 @@ def cmd_predict(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- deploy
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    r = export(args.checkpoint, args.format, args.out, args.opset, args.dynamic_batch)
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB, {r['format']}"
+          f"{', opset ' + str(r['opset']) if r['opset'] else ''}); checked against PyTorch on "
+          f"{r['checked_on']} images: max abs diff {r['max_abs_diff']:.2e}")
+    _write_json(args.json, r)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import quantize
+
+    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds)
+    print(f"wrote {r['out']}: int8 {r['bytes_int8'] / 1e6:.2f} MB vs fp32 {r['bytes_fp32'] / 1e6:.2f} MB "
+          f"({r['calibration_images']} calibration images)")
+    print(f"top-1 on {r['split']} ({r['eval_count']:,} images): fp32 {r['top1_fp32']:.2f}%  "
+          f"int8 {r['top1_int8']:.2f}%  (drop {r['top1_drop']:+.2f} points)")
+    print(f"onnxruntime batch {r['batch']}: fp32 {r['images_per_s_fp32']:,.0f} img/s  "
+          f"int8 {r['images_per_s_int8']:,.0f} img/s  ({r['speedup']:.2f}x)")
+    _write_json(args.json, r)
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from .compress import compress
+
+    r = compress(args.checkpoint, args.sparsity, args.bits, args.steps, args.out, args.split)
+    print(f"wrote {r['out']}: {r['bytes_compressed'] / 1e6:.3f} MB vs {r['bytes_fp32'] / 1e6:.3f} MB "
+          f"fp32 safetensors ({1 / r['size_ratio']:.1f}x smaller; {r['sparsity']:.1%} of conv weights "
+          f"pruned, {r['bits']}-bit shared weights)")
+    print(f"top-1 on {r['split']} ({r['eval_count']:,} images): before {r['top1_before']:.2f}%  pruned "
+          f"{r['top1_pruned_fp32']:.2f}%  compressed {r['top1_after']:.2f}%  (drop {r['top1_drop']:+.2f})")
+    _write_json(args.json, r)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import RUNTIMES, bench
+
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes numbers separated by commas, got {args.batch_sizes!r}") from None
+    runtimes = tuple(args.runtimes.split(",")) if args.runtimes else RUNTIMES
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or min(sizes) < 1:
+        raise UsageError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(RUNTIMES)}" if unknown
+                         else "--batch-sizes must be positive")
+    r = bench(args.target, args.input_size, sizes, runtimes, args.seconds, train=args.train)
+    _write_json(args.json, r)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +250,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the fastest available (onnxruntime when installed)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch, metadata inside")
+    s.add_argument("checkpoint")
+    s.add_argument("--format", required=True, help="onnx or torchscript")
+    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (10..20)")
+    s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images")
+    s.add_argument("checkpoint")
+    s.add_argument("--calib-data", help="folder of calibration images (default: the checkpoint's training data)")
+    s.add_argument("--calib-images", type=_positive_int, default=256)
+    s.add_argument("--out", help="default: beside the checkpoint (.int8.onnx)")
+    s.add_argument("--split", choices=("val", "test"), default="test", help="where top-1 is measured")
+    s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model for the speed figure")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("compress", help="Deep Compression: prune + fine-tune, k-means weight sharing")
+    s.add_argument("checkpoint")
+    s.add_argument("--sparsity", type=float, default=0.7, help="fraction of conv weights pruned (0.7)")
+    s.add_argument("--bits", type=int, default=6, help="bits per shared weight (6)")
+    s.add_argument("--steps", type=int, default=300, help="fine-tuning steps (batch 128)")
+    s.add_argument("--out", help="default: beside the checkpoint (.sqz)")
+    s.add_argument("--split", choices=("val", "test"), default="test")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("bench", help="inference img/s and latency per runtime, plus a training step")
+    s.add_argument("target", nargs="?", default="squeezenet1_1", metavar="ARCH|CHECKPOINT")
+    s.add_argument("--input-size", type=_positive_int, help="default: 224, or the checkpoint's")
+    s.add_argument("--batch-sizes", default="1,32")
+    s.add_argument("--runtimes", help="comma-separated subset of eager,channels_last,compile,"
+                                      "onnxruntime,onnxruntime-int8")
+    s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per runtime and batch size")
+    s.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time a training step")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,184 @@
+"""export, quantize, compress, bench and predict's runtime choice, on tiny models (fast)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import write_image_folder
+
+from squeezenet.checkpoint import save_checkpoint
+from squeezenet.zoo import create_model
+
+
+def make_checkpoint(path, data_dir, **meta_overrides):
+    """A checkpoint for a 2-class image folder (random weights, BatchNorm with non-trivial
+    statistics). A folder keeps the evaluation and calibration sets tiny, so the tests are fast."""
+    kwargs = dict(num_classes=2, small_input=True, batch_norm=True, bypass="simple", final_relu=False)
+    torch.manual_seed(0)
+    model = create_model("squeezenet1_1", **kwargs)
+    for m in model.modules():  # BatchNorm folding is only tested when BN does something
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    meta = {"arch": "squeezenet1_1", "model_kwargs": kwargs, "class_names": ["cat", "dog"],
+            "preprocess": {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.29] * 3},
+            "dataset": "folder", "data_dir": str(data_dir), "seed": 0, "val_fraction": 0.25,
+            "train_size": None, "tta": False, **meta_overrides}
+    save_checkpoint(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return make_checkpoint(root / "best.safetensors", write_image_folder(root / "images", per_class=8))
+
+
+def test_export_onnx_matches_pytorch_and_carries_metadata(cli, ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    code, stdout, err = cli("export", ckpt, "--format", "onnx", "--out", out, "--dynamic-batch",
+                            "--json", tmp_path / "r.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["max_abs_diff"] <= 1e-4 and r["checked_on"] == 8
+    proto = onnx.load(out)
+    onnx.checker.check_model(proto)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["class_names"]) == ["cat", "dog"]
+    assert json.loads(props["mean"]) == [0.5] * 3 and props["image_size"] == "32"
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded
+
+
+def test_ceil_mode_pooling_exports_correctly(tmp_path):
+    """At 225 px the 3x3/2 pools differ between ceil and floor mode (112 -> 56, not 55)."""
+    import onnxruntime as ort
+
+    from squeezenet.export import onnx_bytes
+
+    model = create_model("squeezenet1_1", num_classes=5).eval()
+    x = torch.randn(2, 3, 225, 225)
+    proto = onnx.load_from_string(onnx_bytes(model, x[:1]))
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    assert pools and all(a.i == 1 for n in pools for a in n.attribute if a.name == "ceil_mode")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.abs(session.run(None, {"images": x.numpy()})[0] - model(x).numpy()).max() <= 1e-4
+
+
+def test_export_torchscript_standalone(cli, ckpt, tmp_path):
+    out = tmp_path / "m.pt"
+    code, _, err = cli("export", ckpt, "--format", "torchscript", "--out", out)
+    assert code == 0, err
+    extra = {"squeezenet.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(json.loads(extra["squeezenet.json"])["class_names"])[1] == "dog"
+    assert loaded(torch.randn(3, 3, 32, 32)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--format", "tflite"], 2, "unknown format 'tflite'"),
+    (["--format", "onnx", "--opset", "7"], 2, "unsupported --opset 7"),
+    (["--format", "onnx", "--opset", "99"], 2, "unsupported --opset 99"),
+])
+def test_export_bad_flags(cli, ckpt, tmp_path, args, code, message):
+    out = tmp_path / "m.onnx"
+    rc, _, err = cli("export", ckpt, "--out", out, *args)
+    assert rc == code and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("command", ["export", "quantize", "compress"])
+def test_missing_and_foreign_checkpoints(cli, tmp_path, command):
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    before = sorted(tmp_path.iterdir())
+    for path, message in [(tmp_path / "nope.safetensors", "does not exist"),
+                          (foreign, "not a checkpoint written by"), (junk, "not a safetensors")]:
+        extra = ["--format", "onnx"] if command == "export" else []
+        rc, _, err = cli(command, path, *extra, "--out", tmp_path / "out.bin")
+        assert rc == 1 and message in err and "Traceback" not in err, err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_quantize_reports_accuracy_size_and_speed(cli, ckpt, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    code, stdout, err = cli("quantize", ckpt, "--out", out, "--calib-images", "8", "--seconds", "0.1",
+                            "--json", tmp_path / "q.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "q.json").read_text())
+    assert r["bytes_int8"] == out.stat().st_size < 0.4 * r["bytes_fp32"]
+    assert r["eval_count"] == 16 and r["calibration_images"] == 8
+    assert abs(r["top1_drop"]) <= 5 and r["images_per_s_int8"] > 0
+    assert {n.op_type for n in onnx.load(out).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert "top-1" in stdout
+
+
+def test_quantize_from_a_calibration_folder(cli, ckpt, image_folder, tmp_path):
+    code, _, err = cli("quantize", ckpt, "--calib-data", image_folder, "--out", tmp_path / "q.onnx",
+                       "--seconds", "0.1")
+    assert code == 0, err
+
+
+def test_quantize_without_calibration_data(cli, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "c.safetensors", tmp_path / "gone")
+    rc, _, err = cli("quantize", ckpt, "--out", tmp_path / "q.onnx")
+    assert rc == 1 and "no calibration data" in err and "--calib-data" in err
+    rc, _, err = cli("quantize", ckpt, "--calib-data", tmp_path / "empty", "--out", tmp_path / "q.onnx")
+    assert rc == 1 and "no calibration data" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
+    from squeezenet.compress import conv_weights, load_compressed
+
+    out = tmp_path / "m.sqz"
+    code, stdout, err = cli("compress", ckpt, "--sparsity", "0.7", "--steps", "2", "--out", out,
+                            "--json", tmp_path / "c.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["bytes_compressed"] == out.stat().st_size and r["size_ratio"] < 0.1
+    model, meta = load_compressed(out)
+    weights = torch.cat([w.flatten() for w in conv_weights(model).values()])
+    assert float((weights == 0).float().mean()) == pytest.approx(0.7, abs=0.01) == r["sparsity"]
+    assert all(len(w.unique()) <= 2 ** 6 + 1 for w in conv_weights(model).values())  # codebook + zero
+    assert meta["class_names"] == ["cat", "dog"]
+
+
+def test_compress_bad_sparsity(cli, ckpt, tmp_path):
+    rc, _, err = cli("compress", ckpt, "--sparsity", "1.5", "--out", tmp_path / "m.sqz")
+    assert rc == 2 and "--sparsity" in err and not (tmp_path / "m.sqz").exists()
+
+
+def test_bench_records(cli, tmp_path):
+    code, stdout, err = cli("bench", "squeezenet1_1", "--input-size", "32", "--batch-sizes", "1,2",
+                            "--runtimes", "eager,channels_last,onnxruntime,onnxruntime-int8",
+                            "--seconds", "0.05", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    records = json.loads((tmp_path / "b.json").read_text())["records"]
+    keys = {(r["runtime"], r["batch_size"]) for r in records}
+    assert ("onnxruntime-int8", 2) in keys and ("eager", 1) in keys and ("train-step", 2) in keys
+    assert all(r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in records)
+    assert "onnxruntime" in stdout
+
+
+def test_bench_bad_input(cli):
+    assert cli("bench", "resnet50")[0] == 2
+    assert cli("bench", "--batch-sizes", "1,x")[0] == 2
+    assert cli("bench", "--runtimes", "tensorrt")[0] == 2
+
+
+def test_predict_uses_onnxruntime_by_default_and_agrees_with_torch(cli, ckpt, image_folder, tmp_path):
+    images = sorted(str(p) for p in image_folder.rglob("*.png"))[:3]
+    code, _, err = cli("predict", ckpt, *images, "--json", tmp_path / "ort.json")
+    assert code == 0 and "runtime: onnxruntime" in err
+    code, _, err = cli("predict", ckpt, *images, "--runtime", "torch", "--json", tmp_path / "pt.json")
+    assert code == 0 and "runtime: torch" in err
+    ort_r, pt_r = (json.loads((tmp_path / f).read_text())["predictions"] for f in ("ort.json", "pt.json"))
+    for a, b in zip(ort_r, pt_r):
+        assert a["top"][0]["label"] == b["top"][0]["label"]
+        assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-4)
