@@ -75,12 +75,12 @@ TRAIN_FLAGS = [
     ("--dropout", float, "dropout before conv10 (0.5)"),
     ("--weights", str, "initial weights: a .pth/.safetensors file, or 'torchvision' (download)"),
     ("--device", str, "auto, cpu or cuda"),
-    ("--amp", str, "mixed precision: auto (bf16 on CUDA), bf16, fp16 or off"),
+    ("--amp", str, "mixed precision: auto (bf16 where the GPU or CPU has it natively), bf16, fp16 or off"),
     ("--seed", int, "random seed (0)"),
     ("--out", str, "output directory (default runs/<timestamp>)"),
     ("--resume", str, "continue the run in this directory from its last completed epoch"),
     ("--stop-after", _positive_int, "end this invocation after N epochs (continue with --resume)"),
-    ("--train-size", _positive_int, "use only the first N training images (quick runs)"),
+    ("--train-size", _positive_int, "use a seeded random subset of N training images (quick runs)"),
 ]
 TRAIN_SWITCHES = [
     ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),

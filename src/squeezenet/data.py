@@ -563,8 +563,9 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         raise SqueezeNetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     if image_size and data.image_size != image_size:
         data = resize(data, image_size)
-    if size is not None:
-        data = data.subset(torch.arange(min(size, len(data))))
+    if size is not None and size < len(data):  # a seeded random subset: folders are sorted by class
+        keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
+        data = data.subset(keep.sort().values)
     return data
 
 

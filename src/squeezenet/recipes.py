@@ -8,7 +8,8 @@ RECIPES: dict[str, dict] = {
     # The default job: learns a synthetic set visibly in about two minutes on 2 CPU cores.
     "shapes": dict(
         dataset="shapes", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
-        bypass="simple", final_relu=False, epochs=7, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4, schedule="onecycle",
+        bypass="simple", final_relu=False, epochs=7, batch_size=128, optimizer="sgd", lr=0.1,
+        weight_decay=5e-4, schedule="onecycle",
         warmup_epochs=1, label_smoothing=0.0, augment="flip",
     ),
     # The outline's own configuration: noise images, Adam at 1e-3, batch 32, 5 epochs, faithful net.
@@ -19,7 +20,8 @@ RECIPES: dict[str, dict] = {
     ),
     "fashion-mnist": dict(
         dataset="fashion-mnist", arch="squeezenet1_1", image_size=28, small_input=True,
-        batch_norm=True, bypass="simple", final_relu=False, epochs=15, batch_size=256, optimizer="sgd", lr=0.4,
+        batch_norm=True, bypass="simple", final_relu=False, epochs=13, batch_size=256, optimizer="sgd",
+        lr=0.4,
         weight_decay=5e-4, schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
         augment="crop", ema=0.0, tta=True,
     ),

@@ -1,0 +1,75 @@
+"""What each trick of the cifar10 recipe is worth: one short training run per row, each row the
+recipe with one thing changed, all on the same subset and validation split (carved from the
+training data; the holdout is never touched here).
+
+    python benchmarks/ablation.py --data-dir data/cifar10-holdout --train-size 12000 --epochs 5
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from squeezenet.checkpoint import load_checkpoint
+from squeezenet.data import load_eval_split
+from squeezenet.evaluate import evaluate
+from squeezenet.recipes import RECIPES
+from squeezenet.train import make_config, train
+
+ROWS = [
+    ("recipe (BN, simple bypass, no final ReLU, label smoothing 0.1, crop+flip, flip TTA, bf16)", {}),
+    ("peak lr 0.2 instead of 0.4", {"lr": 0.2}),
+    ("- simple bypass", {"bypass": "none"}),
+    ("- label smoothing", {"label_smoothing": 0.0}),
+    ("- crop+flip augmentation", {"augment": "none"}),
+    ("+ EMA of weights (0.999)", {"ema": 0.999}),
+    ("- bf16 autocast (fp32)", {"amp": "off"}),
+    ("- channels_last", {"channels_last": False}),
+    ("+ final ReLU (as in the paper)", {"final_relu": True}),
+    ("- BatchNorm (as in the paper)", {"batch_norm": False, "final_relu": True, "lr": 0.04}),
+]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data-dir", default="data/cifar10-holdout")
+    p.add_argument("--train-size", type=int, default=12_000)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--rows", default="all", help="comma-separated row numbers, or all")
+    p.add_argument("--out", default="benchmarks/results/ablation_cifar10.json")
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, change) in enumerate(rows):
+            cfg = make_config({**RECIPES["cifar10"], "data_dir": args.data_dir, "train_size": args.train_size,
+                               "epochs": args.epochs, "progress": False, "out": f"{tmp}/row{i}", **change})
+            t0 = time.perf_counter()
+            last = train(cfg, log=lambda *a, **k: None)
+            wall = time.perf_counter() - t0
+            rows_ = [json.loads(x) for x in Path(last["out"], "metrics.jsonl").read_text().splitlines()]
+            record = {"row": name, "change": change, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+                      "train_seconds": round(sum(r["seconds"] for r in rows_), 1),
+                      "images_per_s": round(sum(r["images_per_s"] for r in rows_) / len(rows_), 1),
+                      "wall_seconds": round(wall, 1)}
+            if not change:  # TTA is free to ablate: evaluate the recipe's model without it
+                model, meta = load_checkpoint(Path(last["out"]) / "last.safetensors")
+                _, loader = load_eval_split(meta, None, None, "val")
+                record["val_acc_without_tta"] = round(evaluate(model, loader, 10, tta=False)["top1"], 2)
+            results.append(record)
+            print(json.dumps(record), flush=True)
+    out = {"command": f"python benchmarks/ablation.py --data-dir {args.data_dir} --train-size {args.train_size} "
+                      f"--epochs {args.epochs}",
+           "setup": f"{args.train_size} CIFAR-10 training images (val 10% carved), {args.epochs} epochs, "
+                    f"2-core CPU", "rows": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
