@@ -190,3 +190,13 @@ def test_corrupt_weights_files(tmp_path):
         create_model("squeezenet1_1", weights=bad)
     with pytest.raises(SqueezeNetError, match="does not exist"):
         create_model("squeezenet1_1", weights=tmp_path / "missing.pth")
+
+
+def test_zero_init_residual_makes_bypassed_fires_start_as_identity():
+    m = create_model("squeezenet1_1", batch_norm=True, bypass="simple")
+    fire3 = m.features[4]
+    assert fire3.shortcut is not None
+    x = torch.rand(2, 128, 8, 8)
+    assert torch.equal(fire3(x), x)
+    plain = create_model("squeezenet1_1", batch_norm=True, bypass="simple", zero_init_residual=False)
+    assert not torch.equal(plain.features[4](x), x)

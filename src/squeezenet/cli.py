@@ -86,6 +86,7 @@ TRAIN_SWITCHES = [
     ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),
     ("--small-input", "3x3 stride-1 stem without pooling, for 28-32 px images"),
     ("--final-relu", "ReLU after conv10, as in the paper (on by default)"),
+    ("--zero-init-residual", "with BN, bypassed Fire modules start as the identity (on by default)"),
     ("--channels-last", "NHWC memory format (faster on CPU; on by default)"),
     ("--tta", "evaluate with horizontal-flip test-time augmentation"),
     ("--strict", "unreadable images are an error instead of a skipped warning"),

@@ -27,8 +27,9 @@ RECIPES: dict[str, dict] = {
     ),
     "cifar10": dict(
         dataset="cifar10", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
-        bypass="simple", final_relu=False, epochs=30, batch_size=256, optimizer="sgd", lr=0.4, weight_decay=5e-4,
-        schedule="onecycle", warmup_epochs=2, label_smoothing=0.1, augment="crop", tta=True,
+        bypass="simple", final_relu=False, epochs=45, batch_size=256, optimizer="sgd", lr=0.2,
+        weight_decay=5e-4, schedule="onecycle", warmup_epochs=2, label_smoothing=0.1, augment="crop",
+        tta=True,
     ),
     # Any folder of images (the ImageNet layout): faithful v1.1 at 224 px.
     "folder": dict(

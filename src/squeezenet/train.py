@@ -62,6 +62,7 @@ class TrainConfig:
     batch_norm: bool = False
     small_input: bool = False
     final_relu: bool = True
+    zero_init_residual: bool = True  # bypassed Fire modules start as the identity (with BN)
     dropout: float = 0.5
     weights: str | None = None  # initial weights (.pth/.safetensors, or "torchvision") for fine-tuning
     # machinery
@@ -216,7 +217,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # ---- model
     model_kwargs = dict(num_classes=len(classes), in_channels=full.channels, dropout=cfg.dropout,
                         bypass=cfg.bypass, batch_norm=cfg.batch_norm, small_input=cfg.small_input,
-                        final_relu=cfg.final_relu)
+                        final_relu=cfg.final_relu, zero_init_residual=cfg.zero_init_residual)
     model = create_model(cfg.arch, **model_kwargs)
     if cfg.weights:
         report = load_weights(model, cfg.weights) if cfg.weights != "torchvision" else None
