@@ -19,7 +19,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 # float summation order alone (one 32-image batch vs two 16-image halves) would be amplified.
 ARGS = ["train", "--dataset", "shapes", "--train-size", "250", "--val-fraction", "0.1",
         "--batch-size", "32", "--epochs", "2", "--no-batch-norm", "--dropout", "0", "--augment", "none",
-        "--bypass", "none", "--final-relu", "--lr", "0.002", "--no-progress"]
+        "--bypass", "none", "--final-relu", "--lr", "0.002", "--amp", "off", "--no-progress"]
 VAL_SIZE = 25  # odd: a padding sampler would hand one rank a duplicate
 
 
