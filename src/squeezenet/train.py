@@ -27,7 +27,7 @@ from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
-from .zoo import create_model, list_models, load_weights
+from .zoo import create_model, list_models, load_torchvision_weights, load_weights
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -220,10 +220,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                         final_relu=cfg.final_relu, zero_init_residual=cfg.zero_init_residual)
     model = create_model(cfg.arch, **model_kwargs)
     if cfg.weights:
-        report = load_weights(model, cfg.weights) if cfg.weights != "torchvision" else None
-        if report is None:
-            from .zoo import load_torchvision_weights
-            report = load_torchvision_weights(model, cfg.arch)
+        report = (load_torchvision_weights(model, cfg.arch) if cfg.weights == "torchvision"
+                  else load_weights(model, cfg.weights))
         for note in report.notes():
             say(f"weights: {note}")
     if train_set.image_size < model.min_input_size:
