@@ -1,0 +1,224 @@
+"""Run many full-length training configurations side by side and collect their validation curves:
+the recipe search and the one-change-per-row ablation, each row a real `squeezenet train` run.
+
+Every row is the named recipe with one or a few values changed, trained at the recipe's own
+length on the recipe's own validation split (carved from the training data: the CIFAR-10 holdout
+and the Fashion-MNIST test set are never read here). Rows run as separate processes, ``--workers``
+at a time, so a GPU that one small model cannot fill trains several; the per-epoch seconds of rows
+that ran side by side are therefore not speeds (the `--alone` run, and the CPU runs, are).
+
+    # on a lent GPU (benchmarks/gpu_run.sh prepares the data and calls this):
+    python benchmarks/sweep.py --cifar-dir D --fmnist-dir F --device cuda --workers 6 \\
+        --deadline 300 --alone --out sweep.json
+    # a quick check of the machinery on a CPU:
+    python benchmarks/sweep.py --rows 0,1 --workers 1 --extra="--train-size 600 --epochs 1"
+
+``--alone`` then picks the CIFAR-10 row that reached 90% val with the fewest epochs (else the best
+row at the recipe's length), runs it again with nothing beside it, and records its time-to-90%
+(wall clock from process start, data loading included) and its holdout accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# (name, recipe, change). Order = priority: under a deadline the first rows finish first.
+ROWS: list[tuple[str, str, dict]] = [
+    ("cifar10 recipe", "cifar10", {}),
+    ("fashion-mnist recipe", "fashion-mnist", {}),
+    ("fashion-mnist lr 0.2", "fashion-mnist", {"lr": 0.2}),
+    ("cifar10 dropout 0", "cifar10", {"dropout": 0.0}),
+    ("fashion-mnist lr 0.2, dropout 0", "fashion-mnist", {"lr": 0.2, "dropout": 0.0}),
+    ("cifar10 lr 0.4", "cifar10", {"lr": 0.4}),
+    ("fashion-mnist lr 0.2, dropout 0, no label smoothing", "fashion-mnist",
+     {"lr": 0.2, "dropout": 0.0, "label_smoothing": 0.0}),
+    ("cifar10 90 epochs", "cifar10", {"epochs": 90}),
+    ("fashion-mnist lr 0.1, dropout 0", "fashion-mnist", {"lr": 0.1, "dropout": 0.0}),
+    ("cifar10 - simple bypass", "cifar10", {"bypass": "none"}),
+    ("cifar10 - label smoothing", "cifar10", {"label_smoothing": 0.0}),
+    ("fashion-mnist lr 0.2, dropout 0, flip only", "fashion-mnist",
+     {"lr": 0.2, "dropout": 0.0, "augment": "flip"}),
+    ("cifar10 - crop+flip augmentation", "cifar10", {"augment": "none"}),
+    ("cifar10 + EMA 0.999", "cifar10", {"ema": 0.999}),
+    ("cifar10 dropout 0.2, lr 0.4", "cifar10", {"dropout": 0.2, "lr": 0.4}),
+    ("cifar10 - zero init of bypassed Fire BN", "cifar10", {"zero_init_residual": False}),
+    ("cifar10 + final ReLU (paper)", "cifar10", {"final_relu": True}),
+    ("cifar10 - BatchNorm (paper; lr 0.04)", "cifar10", {"batch_norm": False, "final_relu": True, "lr": 0.04}),
+    ("cifar10 - small-input stem", "cifar10", {"small_input": False}),
+    ("cifar10 batch 512, lr 0.4", "cifar10", {"batch_size": 512, "lr": 0.4}),
+    ("cifar10 complex bypass", "cifar10", {"bypass": "complex"}),
+    ("cifar10 - bf16 autocast (fp32)", "cifar10", {"amp": "off"}),
+    ("cifar10 cosine schedule", "cifar10", {"schedule": "cosine"}),
+    ("fashion-mnist lr 0.2, dropout 0, complex bypass", "fashion-mnist",
+     {"lr": 0.2, "dropout": 0.0, "bypass": "complex"}),
+    ("cifar10 150 epochs", "cifar10", {"epochs": 150}),
+]
+# CPU budgets the recipes must fit (issue 4): CIFAR-10 45 min, Fashion-MNIST 15 min of training.
+TARGET = {"cifar10": 90.0, "fashion-mnist": 94.5}
+
+
+def flags(change: dict) -> list[str]:
+    out = []
+    for key, value in change.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def command(recipe: str, change: dict, out: Path, args) -> list[str]:
+    data = {"cifar10": ["--data-dir", args.cifar_dir, "--val-fraction", "0.1111"] if args.cifar_dir else [],
+            "fashion-mnist": ["--data-dir", args.fmnist_dir] if args.fmnist_dir else []}[recipe]
+    return ([sys.executable, "-m", "squeezenet", "train", "--recipe", recipe, *data, "--device", args.device,
+             "--no-progress", "--out", str(out), *flags(change), *shlex.split(args.extra)])
+
+
+def run_row(i: int, row: tuple, args, root: Path, deadline: float) -> dict:
+    name, recipe, change = row
+    out = root / f"row{i:02d}"
+    cmd = command(recipe, change, out, args)
+    t0 = time.time()
+    epochs_wall: list[float] = []  # wall seconds from process start at the end of each epoch
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    tail: list[str] = []
+    timer = threading.Timer(max(1.0, deadline - time.time()), proc.kill)
+    timer.start()
+    for line in proc.stdout:
+        if line.startswith("epoch "):
+            epochs_wall.append(round(time.time() - t0, 2))
+        tail = (tail + [line.rstrip()])[-6:]
+    rc = proc.wait()
+    timer.cancel()
+    metrics = out / "metrics.jsonl"
+    hist = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    val = [h["val_acc"] for h in hist]
+    target = TARGET[recipe]
+    reached = next((k for k, v in enumerate(val) if v >= target), None)
+    cumulative = 0.0
+    train_s = []
+    for h in hist:
+        cumulative += h["seconds"]
+        train_s.append(round(cumulative, 2))
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    return {
+        "row": name, "recipe": recipe, "change": change, "epochs": config.get("epochs"),
+        "status": "done" if rc == 0 else ("stopped at the deadline" if time.time() >= deadline else f"failed rc {rc}"),
+        "epochs_done": len(hist), "final_val_acc": val[-1] if val else None,
+        "best_val_acc": max(val) if val else None, "train_acc_last": hist[-1]["train_acc"] if hist else None,
+        "val_acc_per_epoch": val, "train_seconds_cumulative": train_s, "wall_seconds_at_epoch_end": epochs_wall,
+        "target": target, "epoch_reaching_target": None if reached is None else reached + 1,
+        "wall_seconds_to_target": None if reached is None or reached >= len(epochs_wall) else epochs_wall[reached],
+        "train_seconds_to_target": None if reached is None else train_s[reached],
+        "command": " ".join(["squeezenet", *cmd[3:]]), "out": str(out),
+        "log_tail": tail if rc != 0 else [],
+    }
+
+
+def run_rows(rows: list[tuple[int, tuple]], args, root: Path, deadline: float, results: list, save) -> None:
+    queue = list(rows)
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not queue or time.time() >= deadline:
+                    return
+                i, row = queue.pop(0)
+            record = run_row(i, row, args, root, deadline)
+            with lock:
+                results.append(record)
+                save()
+                print(json.dumps({k: record[k] for k in ("row", "status", "epochs_done", "final_val_acc",
+                                                          "best_val_acc")}), flush=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar-dir", help="CIFAR-10 train/test folders (benchmarks/make_cifar_holdout.py)")
+    p.add_argument("--fmnist-dir", help="Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--rows", default="all", help="comma-separated row numbers, or all")
+    p.add_argument("--workers", type=int, default=1, help="rows trained at the same time")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="CPU threads per row")
+    p.add_argument("--deadline", type=float, default=1e9, help="seconds: stop starting and kill rows after it")
+    p.add_argument("--alone", action="store_true", help="then rerun the chosen CIFAR-10 row with nothing beside it")
+    p.add_argument("--alone-deadline", type=float, default=240.0)
+    p.add_argument("--extra", default="", help="flags appended to every row (quick checks)")
+    p.add_argument("--runs", help="keep the run directories here (default: a temporary directory)")
+    p.add_argument("--out", default="benchmarks/results/sweep.json")
+    args = p.parse_args()
+
+    chosen = range(len(ROWS)) if args.rows == "all" else [int(i) for i in args.rows.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.runs or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        report: dict = {"command": " ".join(["python", "benchmarks/sweep.py", *sys.argv[1:]]),
+                        "device": device_name(args.device), "workers": args.workers, "rows": []}
+
+        def save():
+            report["rows"].sort(key=lambda r: [x[0] for x in ROWS].index(r["row"]))
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+        run_rows([(i, ROWS[i]) for i in chosen], args, root, time.time() + args.deadline, report["rows"], save)
+        if args.alone:
+            row = choose(report["rows"])
+            if row is not None:
+                i = [x[0] for x in ROWS].index(row["row"])
+                alone = run_row(i, ROWS[i], args, root / "alone", time.time() + args.alone_deadline)
+                alone["holdout"] = holdout(Path(alone["out"]), args)
+                report["alone"] = alone
+                print(json.dumps({k: alone[k] for k in ("row", "status", "final_val_acc", "wall_seconds_to_target",
+                                                         "holdout")}), flush=True)
+        save()
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The CIFAR-10 row that reached 90% val with the fewest epochs, else the best finished one."""
+    cifar = [r for r in rows if r["recipe"] == "cifar10" and r["status"] == "done"]
+    hit = [r for r in cifar if r["epoch_reaching_target"] is not None]
+    if hit:
+        return min(hit, key=lambda r: (r["epochs"], -r["final_val_acc"]))
+    at_length = [r for r in cifar if r["epochs"] == min(x["epochs"] for x in cifar)] if cifar else []
+    return max(at_length, key=lambda r: r["final_val_acc"], default=None)
+
+
+def holdout(run: Path, args) -> dict | None:
+    """The chosen run's accuracy on the CIFAR-10 holdout (never used to choose anything)."""
+    if not args.cifar_dir or not (run / "best.safetensors").exists():
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        r = subprocess.run([sys.executable, "-m", "squeezenet", "eval", str(run),
+                            "--data-dir", args.cifar_dir, "--split", "test", "--json", f.name],
+                           capture_output=True, text=True)
+        return json.loads(Path(f.name).read_text()) if r.returncode == 0 else {"error": r.stdout[-500:]}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {os.cpu_count()} CPU cores"
+    return f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
+
+
+if __name__ == "__main__":
+    main()
