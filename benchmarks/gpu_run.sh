@@ -4,7 +4,7 @@
 # Expects the data in .gpudata/ (copied there by hand, ignored by git):
 #   .gpudata/cifar10-jpeg-train.tar.gz   (../shared/data)
 #   .gpudata/fashion-mnist/*.gz          (/usr/share/datasets/fashion-mnist)
-# Usage: OUT=dir SWEEP_DEADLINE=300 bash benchmarks/gpu_run.sh [extra sweep.py flags]
+# Usage: OUT=dir SWEEP_DEADLINE=300 bash benchmarks/gpu_run.sh --alone [extra sweep.py flags]\n# (FMNIST_ONLY=1: skip the CIFAR-10 data, for Fashion-MNIST rows only)
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/out}
@@ -19,14 +19,17 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 
 log "data"
+if [ -n "${FMNIST_ONLY:-}" ]; then :; else
 if [ ! -d "$WORK/cifar10/train" ]; then
   mkdir -p "$WORK/cifar10" && tar xzf .gpudata/cifar10-jpeg-train.tar.gz -C "$WORK/cifar10" || exit 3
 fi
 python3 benchmarks/make_cifar_holdout.py "$WORK/cifar10/train" "$WORK/holdout" || exit 3
+fi
 # Decode once into the disk cache, so the rows started together find it ready.
 python3 -c "
 from squeezenet.data import load_dataset
-for split in ('train', 'test'):
+import os
+for split in ('train', 'test') if not os.environ.get('FMNIST_ONLY') else ():
     d = load_dataset('cifar10', split, '$WORK/holdout')
     print(split, len(d), d.images.shape)
 d = load_dataset('fashion-mnist', 'train', '.gpudata/fashion-mnist'); print('fmnist', d.images.shape)
@@ -50,7 +53,7 @@ fi
 log "sweep"
 python3 benchmarks/sweep.py --cifar-dir "$WORK/holdout" --fmnist-dir .gpudata/fashion-mnist --device "$DEVICE" \
   --workers "${WORKERS:-6}" --threads "${THREADS:-2}" --deadline "${SWEEP_DEADLINE:-300}" \
-  --alone --alone-deadline "${ALONE_DEADLINE:-200}" --runs "$WORK/runs" --out "$OUT/sweep.json" "$@"
+  --alone-deadline "${ALONE_DEADLINE:-200}" --runs "$WORK/runs" --out "$OUT/sweep.json" "$@"
 log "sweep done rc $?"
 echo quit | timeout 10 nvidia-cuda-mps-control 2>/dev/null
 # Curves and the chosen run's artifacts (no checkpoints but the alone run's best) for the record.

@@ -61,6 +61,23 @@ ROWS: list[tuple[str, str, dict]] = [
     ("fashion-mnist lr 0.2, dropout 0, complex bypass", "fashion-mnist",
      {"lr": 0.2, "dropout": 0.0, "bypass": "complex"}),
     ("cifar10 150 epochs", "cifar10", {"epochs": 150}),
+    # Fashion-MNIST ablation around lr 0.2 (rows 25-): each the recipe with one thing changed.
+    ("fashion-mnist lr 0.2, 20 epochs", "fashion-mnist", {"lr": 0.2, "epochs": 20}),
+    ("fashion-mnist lr 0.2 - simple bypass", "fashion-mnist", {"lr": 0.2, "bypass": "none"}),
+    ("fashion-mnist lr 0.2 - label smoothing", "fashion-mnist", {"lr": 0.2, "label_smoothing": 0.0}),
+    ("fashion-mnist lr 0.2, flip only (no crop)", "fashion-mnist", {"lr": 0.2, "augment": "flip"}),
+    ("fashion-mnist lr 0.2 - augmentation", "fashion-mnist", {"lr": 0.2, "augment": "none"}),
+    ("fashion-mnist lr 0.2, crop without flip", "fashion-mnist", {"lr": 0.2, "augment": "crop-noflip"}),
+    ("fashion-mnist lr 0.2 + EMA 0.999", "fashion-mnist", {"lr": 0.2, "ema": 0.999}),
+    ("fashion-mnist lr 0.2 - zero init of bypassed Fire BN", "fashion-mnist",
+     {"lr": 0.2, "zero_init_residual": False}),
+    ("fashion-mnist lr 0.2 + final ReLU (paper)", "fashion-mnist", {"lr": 0.2, "final_relu": True}),
+    ("fashion-mnist - BatchNorm (paper; lr 0.04)", "fashion-mnist",
+     {"lr": 0.04, "batch_norm": False, "final_relu": True}),
+    ("fashion-mnist lr 0.2 - small-input stem", "fashion-mnist", {"lr": 0.2, "small_input": False}),
+    ("fashion-mnist batch 512, lr 0.4", "fashion-mnist", {"batch_size": 512, "lr": 0.4}),
+    ("fashion-mnist lr 0.2 - bf16 autocast (fp32)", "fashion-mnist", {"lr": 0.2, "amp": "off"}),
+    ("fashion-mnist lr 0.2 - flip TTA", "fashion-mnist", {"lr": 0.2, "tta": False}),
 ]
 # CPU budgets the recipes must fit (issue 4): CIFAR-10 45 min, Fashion-MNIST 15 min of training.
 TARGET = {"cifar10": 90.0, "fashion-mnist": 94.5}
