@@ -54,7 +54,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", default=[], help="trained checkpoint (repeatable)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime and batch size")
-    p.add_argument("--compress-steps", type=int, default=300)
+    p.add_argument("--compress-steps", type=int, default=1500)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "deploy.json"))
     args = p.parse_args()
     if "OMP_NUM_THREADS" not in os.environ:

@@ -143,10 +143,36 @@ def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
     r = json.loads((tmp_path / "c.json").read_text())
     assert r["bytes_compressed"] == out.stat().st_size and r["size_ratio"] < 0.1
     model, meta = load_compressed(out)
-    weights = torch.cat([w.flatten() for w in conv_weights(model).values()])
-    assert float((weights == 0).float().mean()) == pytest.approx(0.7, abs=0.01) == r["sparsity"]
-    assert all(len(w.unique()) <= 2 ** 6 + 1 for w in conv_weights(model).values())  # codebook + zero
+    convs = list(conv_weights(model).values())
+    weights = torch.cat([w.flatten() for w in convs])
+    assert float((weights == 0).float().mean()) == pytest.approx(r["sparsity"])
+    inner = torch.cat([w.flatten() for w in convs[1:-1]])  # the first and last conv stay dense
+    assert float((inner == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+    assert float((convs[0] == 0).float().mean()) < 0.05 and float((convs[-1] == 0).float().mean()) < 0.05
+    assert all(len(w.unique()) <= 2 ** 4 + 1 for w in convs)  # the default 4-bit codebook + zero
     assert meta["class_names"] == ["cat", "dog"]
+
+
+def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
+    """After weight sharing each layer holds at most 2**bits values, and encoding the result again
+    keeps every weight exactly (the codebook is those values, not a fresh k-means)."""
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.compress import conv_weights, encode, finetune, load_compressed
+
+    model, meta = load_checkpoint(ckpt)
+    shared = finetune(model, meta, sparsity=0.5, bits=3, steps=8, log=lambda *a: None)
+    for name, w in conv_weights(model).items():
+        codebook, codes = shared[name]
+        assert len(w[w != 0].unique()) <= 8 and torch.equal(w[w != 0], codebook[codes.long()])
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.sqz"
+        path.write_bytes(encode(model, meta, 3))  # no codebooks given: re-derived from the weights
+        restored, _ = load_compressed(path)
+    for (name, a), b in zip(conv_weights(model).items(), conv_weights(restored).values()):
+        assert torch.equal(a, b), name
 
 
 def test_compress_bad_sparsity(cli, ckpt, tmp_path):
