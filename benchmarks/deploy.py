@@ -36,6 +36,10 @@ def speed(seconds: float) -> dict:
             "class_names": [str(i) for i in range(1000)], "arch": "squeezenet1_1"}
     default, name = make_predictor(model, meta, "auto")  # what `squeezenet predict` runs
     fns = {f"default ({name})": default, **{rt: fn for rt, (fn, _) in runners.items()}}
+    # The default is onnxruntime fp32 itself: a second identical session shows the noise floor of
+    # a ratio between two sessions on this shared machine.
+    fns["onnxruntime (identical second session, control)"] = make_runners(model, x[:1], ("onnxruntime",))[
+        "onnxruntime"][0]
     out = {}
     for b in (1, 32):
         out[b] = measure(fns, x[:b], seconds)
@@ -47,6 +51,9 @@ def speed(seconds: float) -> dict:
         ratios[f"default_vs_eager_nchw_b{b}"] = out[b][d]["images_per_s"] / out[b]["eager"]["images_per_s"]
     ratios["int8_vs_ort_fp32_b32"] = (out[32]["onnxruntime-int8"]["images_per_s"]
                                       / out[32]["onnxruntime"]["images_per_s"])
+    for b in (1, 32):
+        ratios[f"control_vs_ort_fp32_b{b}"] = (out[b]["onnxruntime (identical second session, control)"]
+                                               ["images_per_s"] / out[b]["onnxruntime"]["images_per_s"])
     return {"default_runtime": name, "throughput": {str(b): r for b, r in out.items()}, "ratios": ratios}
 
 
@@ -54,20 +61,27 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", default=[], help="trained checkpoint (repeatable)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime and batch size")
-    p.add_argument("--compress-steps", type=int, default=1500)
+    p.add_argument("--compress-steps", type=int, default=3000)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "deploy.json"))
+    p.add_argument("--merge", action="store_true",
+                   help="keep the models in --out that this run does not redo (each records its command)")
     args = p.parse_args()
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.time()
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.processor()
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    result = {"command": command, "machine": platform.processor()
               or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "note": "shared machine: absolute img/s are noisy; the ratios are measured interleaved in one run",
               "speed_v1_1_224": speed(args.seconds), "models": []}
+    if args.merge and Path(args.out).is_file():
+        earlier = json.loads(Path(args.out).read_text())
+        result["models"] = [{"command": earlier["command"], **m} for m in earlier["models"]
+                            if m["checkpoint"] not in args.checkpoint]
     for ckpt in args.checkpoint:
         q = quantize(ckpt, bench_seconds=args.seconds)
         c = compress(ckpt, steps=args.compress_steps)
-        result["models"].append({"checkpoint": ckpt, "quantize": q, "compress": c})
+        result["models"].append({"command": command, "checkpoint": ckpt, "quantize": q, "compress": c})
         print(f"{ckpt}: int8 top-1 {q['top1_fp32']:.2f} -> {q['top1_int8']:.2f}; compressed "
               f"{c['bytes_compressed'] / 1e3:.0f} kB ({c['size_ratio']:.3f}x) top-1 {c['top1_before']:.2f} -> "
               f"{c['top1_after']:.2f}")

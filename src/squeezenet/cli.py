@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("--sparsity", type=float, default=0.5, help="fraction of conv weights pruned (0.5)")
     s.add_argument("--bits", type=int, default=4, help="bits per shared weight (4)")
-    s.add_argument("--steps", type=int, default=1500, help="retraining steps in all, batch 128 (1500)")
+    s.add_argument("--steps", type=int, default=3000, help="retraining steps in all, batch 128 (3000)")
     s.add_argument("--out", help="default: beside the checkpoint (.sqz)")
     s.add_argument("--split", choices=("val", "test"), default="test")
     s.add_argument("--json")

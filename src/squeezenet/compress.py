@@ -75,9 +75,11 @@ def training_batches(meta: dict, batch_size: int = 128):
         raise SqueezeNetError(f"fine-tuning needs the checkpoint's training data ({meta['dataset']}): {e}") from None
     train_set, _ = train_val_split(full, meta.get("val_fraction", 0.1), meta.get("seed", 0))
     train_set.mean, train_set.std = tuple(pre["mean"]), tuple(pre["std"])
-    loader = Loader(train_set, min(batch_size, len(train_set)), shuffle=True,
-                    augment=DEFAULT_AUGMENT.get(meta["dataset"], "none"), seed=meta.get("seed", 0),
-                    drop_last=True, channels_last=True)
+    # Retrain under the augmentation the model was trained with (e.g. the fashion-mnist recipe's
+    # flip only: pad-and-crop there cost the compressed model accuracy).
+    augment = meta.get("augment") or DEFAULT_AUGMENT.get(meta["dataset"], "none")
+    loader = Loader(train_set, min(batch_size, len(train_set)), shuffle=True, augment=augment,
+                    seed=meta.get("seed", 0), drop_last=True, channels_last=True)
     for epoch in itertools.count():
         loader.set_epoch(epoch)
         yield from loader
@@ -248,7 +250,7 @@ def load_compressed(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 1500, out=None,
+def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
              split: str = "test", log=print) -> dict:
     from .data import load_eval_split
     from .evaluate import evaluate
@@ -260,6 +262,11 @@ def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 1500
         raise UsageError(f"--bits must be 1..8, got {bits}")
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path)
+    config = path.parent / "config.json"  # checkpoints written before "augment" joined the metadata
+    if "augment" not in meta and config.is_file():
+        augment = json.loads(config.read_text()).get("augment")
+        if augment and augment != "auto":
+            meta = {**meta, "augment": augment}
     _, loader = load_eval_split(meta, None, None, split)
     classes = len(meta["class_names"])
     before = evaluate(model, loader, classes)["top1"]

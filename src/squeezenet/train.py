@@ -274,7 +274,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                            "mean": list(full.mean), "std": list(full.std),
                            "resize": "shorter side to image_size, centre crop"},
             "dataset": cfg.dataset, "data_dir": cfg.data_dir, "seed": cfg.seed,
-            "val_fraction": cfg.val_fraction, "train_size": cfg.train_size, "tta": cfg.tta}
+            "val_fraction": cfg.val_fraction, "train_size": cfg.train_size, "tta": cfg.tta,
+            "augment": augment}
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
         say(f"{cfg.arch}: {params:,} parameters | {cfg.dataset}: {len(train_set):,} train / "
