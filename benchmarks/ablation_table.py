@@ -1,6 +1,6 @@
 """The ablation tables (Markdown) from sweep results: each row one full-length training run.
 
-    python benchmarks/ablation_table.py benchmarks/results/sweep_gpu_h200_1.json benchmarks/results/sweep_gpu_h200_2.json
+    python benchmarks/ablation_table.py benchmarks/results/sweep_gpu_h200_{1,2}.json
 
 A row cut short by the sweep's deadline is compared with its base run at the same epoch (same
 schedule length, so the same learning rate at that point), and marked as such.

@@ -65,6 +65,8 @@ def main() -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "deploy.json"))
     p.add_argument("--merge", action="store_true",
                    help="keep the models in --out that this run does not redo (each records its command)")
+    p.add_argument("--skip-compress", action="store_true",
+                   help="with --merge: keep each model's compression result from --out (quantize and speed only)")
     args = p.parse_args()
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
@@ -74,13 +76,18 @@ def main() -> int:
               or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "note": "shared machine: absolute img/s are noisy; the ratios are measured interleaved in one run",
               "speed_v1_1_224": speed(args.seconds), "models": []}
+    earlier_models = {}
     if args.merge and Path(args.out).is_file():
         earlier = json.loads(Path(args.out).read_text())
-        result["models"] = [{"command": earlier["command"], **m} for m in earlier["models"]
-                            if m["checkpoint"] not in args.checkpoint]
+        earlier_models = {m["checkpoint"]: {"command": earlier["command"], **m} for m in earlier["models"]}
+        result["models"] = [m for c, m in earlier_models.items() if c not in args.checkpoint]
     for ckpt in args.checkpoint:
         q = quantize(ckpt, bench_seconds=args.seconds)
-        c = compress(ckpt, steps=args.compress_steps)
+        if args.skip_compress:
+            old = earlier_models[ckpt]
+            c = {**old["compress"], "command": old.get("compress_command", old["command"])}
+        else:
+            c = {**compress(ckpt, steps=args.compress_steps), "command": command}
         result["models"].append({"command": command, "checkpoint": ckpt, "quantize": q, "compress": c})
         print(f"{ckpt}: int8 top-1 {q['top1_fp32']:.2f} -> {q['top1_int8']:.2f}; compressed "
               f"{c['bytes_compressed'] / 1e3:.0f} kB ({c['size_ratio']:.3f}x) top-1 {c['top1_before']:.2f} -> "

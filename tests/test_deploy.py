@@ -114,8 +114,17 @@ def test_quantize_reports_accuracy_size_and_speed(cli, ckpt, tmp_path):
     assert r["bytes_int8"] == out.stat().st_size < 0.4 * r["bytes_fp32"]
     assert r["eval_count"] == 16 and r["calibration_images"] == 8
     assert abs(r["top1_drop"]) <= 5 and r["images_per_s_int8"] > 0
-    assert {n.op_type for n in onnx.load(out).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    graph = onnx.load(out).graph
+    assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert "top-1" in stdout
+    # every Fire module's Concat reads its inputs at its output's scale (a plain copy in onnxruntime)
+    producer = {o: n for n in graph.node for o in n.output}
+    concats = [n for n in graph.node if n.op_type == "Concat"]
+    assert len(concats) == 8
+    for c in concats:
+        q_out = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == c.output[0])
+        assert all(producer[i].op_type == "DequantizeLinear" and producer[i].input[1:] == q_out.input[1:]
+                   for i in c.input)
 
 
 def test_quantize_from_a_calibration_folder(cli, ckpt, image_folder, tmp_path):

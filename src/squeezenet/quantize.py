@@ -75,6 +75,50 @@ def quantize_model(fp32: bytes, calib: np.ndarray, out: Path, batch: int = 32) -
         quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+        share_concat_scales(out)
+
+
+def share_concat_scales(path: Path) -> int:
+    """Give each Concat's inputs the quantization (scale, zero point) of its output.
+
+    Each Fire module ends in a Concat of two ReLU branches. Quantized separately, onnxruntime runs
+    it as QLinearConcat, which requantizes every input through a lookup table: measured 30% of the
+    int8 model's time at 224 px, batch 32 (more than the fp32 Concat). With one shared scale the
+    concat is a plain copy. The shared range is the union of the branches' (the output's), so the
+    narrower branch is quantized a little more coarsely: the accuracy is measured after. Returns
+    the number of Concat nodes changed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        outs = [c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"]
+        ins = [producer.get(i) for i in node.input]
+        if len(outs) != 1 or not all(d is not None and d.op_type == "DequantizeLinear" for d in ins):
+            continue
+        quants = [producer.get(d.input[0]) for d in ins]
+        if not all(q is not None and q.op_type == "QuantizeLinear" for q in quants):
+            continue
+        if any(len(consumers.get(d.input[0], [])) != 1 for d in ins):  # a Q output read elsewhere too
+            continue
+        scale, zero = outs[0].input[1], outs[0].input[2]
+        for q, d in zip(quants, ins):
+            for n in (q, d):
+                n.input[1], n.input[2] = scale, zero
+        changed += 1
+    used = {i for n in model.graph.node for i in n.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]  # the replaced scales
+    for t in unused:
+        model.graph.initializer.remove(t)
+    onnx.save(model, str(path))
+    return changed
 
 
 def ort_accuracy(session, loader) -> float:
