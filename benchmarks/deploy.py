@@ -68,6 +68,12 @@ def main() -> int:
     p.add_argument("--skip-compress", action="store_true",
                    help="with --merge: keep each model's compression result from --out (quantize and speed only)")
     args = p.parse_args()
+    if args.skip_compress:
+        kept = {m["checkpoint"] for m in json.loads(Path(args.out).read_text())["models"]} \
+            if args.merge and Path(args.out).is_file() else set()
+        if missing := [c for c in args.checkpoint if c not in kept]:
+            p.error(f"--skip-compress keeps earlier compression results: needs --merge and an --out that "
+                    f"holds {', '.join(missing)}")
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.time()
@@ -85,7 +91,7 @@ def main() -> int:
         q = quantize(ckpt, bench_seconds=args.seconds)
         if args.skip_compress:
             old = earlier_models[ckpt]
-            c = {**old["compress"], "command": old.get("compress_command", old["command"])}
+            c = {"command": old["command"], **old["compress"]}  # the compress run's own command wins
         else:
             c = {**compress(ckpt, steps=args.compress_steps), "command": command}
         result["models"].append({"command": command, "checkpoint": ckpt, "quantize": q, "compress": c})

@@ -131,26 +131,27 @@ def finetune(model: nn.Module, meta: dict, sparsity: float, bits: int, steps: in
     if after_pruning is not None:
         after_pruning(model)
     weights = conv_weights(model)
-    shared = {}
+    shared, clusters = {}, {}  # clusters: name -> (codes as indices, members per cluster), fixed
     with torch.no_grad():
         for name, w in weights.items():
             masks[name] = w != 0
             shared[name] = kmeans_1d(w[masks[name]], bits) if masks[name].any() else (torch.zeros(1), None)
+            if shared[name][1] is not None:
+                idx = shared[name][1].long()
+                clusters[name] = (idx, torch.bincount(idx, minlength=len(shared[name][0])).clamp(min=1))
 
     def share():  # every surviving weight := its cluster's mean (and pruned ones stay 0)
         with torch.no_grad():
             for name, w in weights.items():
-                codebook, codes = shared[name]
-                if codes is None:
+                if name not in clusters:
                     w.zero_()
                     continue
-                values = w[masks[name]].double()
-                sums = torch.zeros(len(codebook), dtype=torch.float64).index_add_(0, codes.long(), values)
-                counts = torch.bincount(codes.long(), minlength=len(codebook)).clamp(min=1)
+                idx, counts = clusters[name]
+                sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, idx, w[masks[name]].double())
                 codebook = (sums / counts).float()
-                shared[name] = (codebook, codes)
+                shared[name] = (codebook, shared[name][1])
                 w.zero_()
-                w[masks[name]] = codebook[codes.long()]
+                w[masks[name]] = codebook[idx]
 
     share()
     log(f"  shared weights ({bits}-bit codebooks per layer); retraining them {per_stage} steps")
