@@ -78,6 +78,10 @@ ROWS: list[tuple[str, str, dict]] = [
     ("fashion-mnist batch 512, lr 0.4", "fashion-mnist", {"batch_size": 512, "lr": 0.4}),
     ("fashion-mnist lr 0.2 - bf16 autocast (fp32)", "fashion-mnist", {"lr": 0.2, "amp": "off"}),
     ("fashion-mnist lr 0.2 - flip TTA", "fashion-mnist", {"lr": 0.2, "tta": False}),
+    # Around the current fashion-mnist recipe (flip, no dropout, 12 epochs), on the 2-core CPU (rows 39-).
+    ("fashion-mnist recipe - simple bypass", "fashion-mnist", {"bypass": "none"}),
+    ("fashion-mnist recipe - simple bypass, batch 128, lr 0.1", "fashion-mnist",
+     {"bypass": "none", "batch_size": 128, "lr": 0.1}),
 ]
 # CPU budgets the recipes must fit (issue 4): CIFAR-10 45 min, Fashion-MNIST 15 min of training.
 TARGET = {"cifar10": 90.0, "fashion-mnist": 94.5}

@@ -200,3 +200,21 @@ def test_zero_init_residual_makes_bypassed_fires_start_as_identity():
     assert torch.equal(fire3(m)(x), x)
     plain = create_model("squeezenet1_1", batch_norm=True, bypass="simple", zero_init_residual=False)
     assert not torch.equal(fire3(plain)(x), x)
+
+
+def test_tta_views_are_the_mirror_and_reflect_padded_shifts():
+    from squeezenet.evaluate import predict_logits, tta_views
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    assert len(tta_views(x)) == 1 and len(tta_views(x, tta=True)) == 2
+    views = tta_views(x, tta=True, shift=1)
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[1], x.flip(3))
+    # (-1, -1): the content moves down-right by one pixel; row/column 0 mirror row/column 1
+    assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])
+    assert torch.equal(views[2][..., 0, 1:], x[..., 1, :-1])
+    assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])  # (+1, +1): up-left
+    assert torch.equal(views[5], views[4].flip(3))
+    model = lambda v: v.flatten(1)[:, :4]  # noqa: E731  logits = the first pixels
+    expected = sum(v.flatten(1)[:, :4] for v in views) / 6
+    assert torch.allclose(predict_logits(model, x, tta=True, shift=1), expected)

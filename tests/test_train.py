@@ -37,6 +37,12 @@ def test_cli_train_eval_predict(tmp_path, cli, trained_run):
     assert result["top1"] == pytest.approx(best_val["top1"])  # eval re-carves the same split
     code, out, _ = cli("eval", trained_run / "best.safetensors", "--split", "test")
     assert code == 0 and "top-1" in out and "confusion matrix" in out
+    code, out, err = cli("eval", trained_run, "--split", "val", "--tta", "--tta-shift", "1",
+                         "--json", tmp_path / "s.json")
+    assert code == 0 and "6 views" in out, err
+    assert json.loads((tmp_path / "s.json").read_text())["tta_shift"] == 1
+    code, _, err = cli("eval", trained_run, "--tta", "--tta-shift", "9")
+    assert code == 2 and "--tta-shift must be 0 to 4" in err
 
     from squeezenet.data import make_shapes
 
@@ -129,6 +135,7 @@ def test_finetune_from_weights_file(tmp_path, cli):
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--arch", "resnet"], "unknown architecture 'resnet'"),
     (["--epochs", "ten"], "expected a whole number"),
+    (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

@@ -81,6 +81,7 @@ TRAIN_FLAGS = [
     ("--resume", str, "continue the run in this directory from its last completed epoch"),
     ("--stop-after", _positive_int, "end this invocation after N epochs (continue with --resume)"),
     ("--train-size", _positive_int, "use a seeded random subset of N training images (quick runs)"),
+    ("--tta-shift", int, "with --tta, eval also averages views shifted by N pixels (0 = flip only)"),
 ]
 TRAIN_SWITCHES = [
     ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),
@@ -115,10 +116,15 @@ def cmd_eval(args) -> int:
     model, meta = load_checkpoint(args.checkpoint)
     data, loader = load_eval_split(meta, args.dataset, args.data_dir, args.split, args.batch_size)
     tta = meta.get("tta", False) if args.tta is None else args.tta
-    result = evaluate(model, loader, len(meta["class_names"]), tta=tta)
+    shift = meta.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
+    if not 0 <= shift <= 4:
+        raise UsageError(f"--tta-shift must be 0 to 4 pixels, got {shift}")
+    shift = shift if tta else 0
+    result = evaluate(model, loader, len(meta["class_names"]), tta=tta, shift=shift)
     classes = meta["class_names"]
+    views = (f", flip + {shift} px shift TTA (6 views)" if shift else ", flip TTA") if tta else ""
     print(f"{args.checkpoint}: {meta['arch']} on {args.dataset or meta['dataset']} {args.split} "
-          f"({result['count']:,} images{', flip TTA' if tta else ''})")
+          f"({result['count']:,} images{views})")
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     width = max(len(c) for c in classes)
     for name, acc, row in zip(classes, result["per_class"], result["confusion"]):
@@ -128,6 +134,7 @@ def cmd_eval(args) -> int:
         for row in result["confusion"]:
             print("  " + " ".join(f"{v:>5}" for v in row))
     _write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "tta": tta,
+                            "tta_shift": shift,
                             "classes": classes, **result})
     return 0
 
@@ -240,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: as trained)")
+    s.add_argument("--tta-shift", type=_positive_int, default=None, metavar="N",
+                   help="with TTA, also average views shifted by N pixels (default: as trained)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_eval)
 

@@ -57,6 +57,9 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights per step; 0 = off
     augment: str = "auto"
     tta: bool = False  # evaluate with horizontal-flip test-time augmentation
+    # With tta, `squeezenet eval` also averages views shifted by this many pixels (evaluate.tta_views);
+    # the per-epoch validation uses the flip alone, which costs a third as much.
+    tta_shift: int = 0
     # model options
     bypass: str = "none"
     batch_norm: bool = False
@@ -87,6 +90,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (0 <= self.tta_shift <= 4, f"--tta-shift must be 0 to 4 pixels, got {self.tta_shift}"),
             (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
@@ -275,6 +279,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                            "resize": "shorter side to image_size, centre crop"},
             "dataset": cfg.dataset, "data_dir": cfg.data_dir, "seed": cfg.seed,
             "val_fraction": cfg.val_fraction, "train_size": cfg.train_size, "tta": cfg.tta,
+            "tta_shift": cfg.tta_shift,
             "augment": augment}
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
