@@ -119,6 +119,18 @@ def test_metaparameter_defaults_equal_v10():
     assert [s for _, s, _, _ in metaparameter_fires(squeeze_ratio=0.25)] == [32, 32, 64, 64, 96, 96, 128, 128]
 
 
+def test_squeeze_ratio_resizes_only_the_squeeze_layers():
+    squeezes = lambda m: [f.squeeze.out_channels for f in m.features if hasattr(f, "squeeze")]  # noqa: E731
+    assert squeezes(create_model("squeezenet1_1", squeeze_ratio=0.125)) == [s for _, s, _, _ in FIRES]
+    wide = create_model("squeezenet1_1", num_classes=10, in_channels=1, small_input=True, batch_norm=True,
+                        bypass="simple", squeeze_ratio=1 / 6)
+    assert squeezes(wide) == [21, 21, 43, 43, 64, 64, 85, 85]
+    assert n_params(wide) == 967_390  # the Fashion-MNIST budget is 1M
+    assert wide(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(SqueezeNetError, match="squeeze_ratio must be in"):
+        create_model("squeezenet1_1", squeeze_ratio=0)
+
+
 def test_registry():
     assert {"squeezenet1_0", "squeezenet1_1", "squeezenet_meta"} <= set(list_models())
     with pytest.raises(SqueezeNetError, match="squeezenet1_0, squeezenet1_1"):

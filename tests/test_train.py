@@ -96,10 +96,11 @@ def test_outline_configuration_runs(tmp_path, cli):
 def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
-                         "--out", tmp_path / "run", "--no-progress")
+                         "--squeeze-ratio", "0.25", "--out", tmp_path / "run", "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")
     assert meta["class_names"] == ["cat", "dog"] and model.num_classes == 2
+    assert meta["model_kwargs"]["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
 
 
 def test_training_learns_a_separable_task(tmp_path, cli):
@@ -136,6 +137,7 @@ def test_finetune_from_weights_file(tmp_path, cli):
     (["--arch", "resnet"], "unknown architecture 'resnet'"),
     (["--epochs", "ten"], "expected a whole number"),
     (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
+    (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

@@ -73,6 +73,7 @@ TRAIN_FLAGS = [
     ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
     ("--bypass", str, "none, simple or complex (paper section 6)"),
     ("--dropout", float, "dropout before conv10 (0.5)"),
+    ("--squeeze-ratio", float, "the paper's SR: squeeze channels / expand channels (0.125 in v1.0 and v1.1)"),
     ("--weights", str, "initial weights: a .pth/.safetensors file, or 'torchvision' (download)"),
     ("--device", str, "auto, cpu or cuda"),
     ("--amp", str, "mixed precision: auto (bf16 where the GPU or CPU has it natively), bf16, fp16 or off"),

@@ -244,8 +244,14 @@ def squeezenet_meta(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, f
     return _from_version(version, fires=fires, **kwargs)
 
 
-def _from_version(name: str, **kwargs) -> SqueezeNet:
+def _from_version(name: str, squeeze_ratio: float | None = None, **kwargs) -> SqueezeNet:
+    """``squeeze_ratio`` (the paper's SR, section 5.1; 0.125 in v1.0 and v1.1) resizes every
+    squeeze layer to SR x the module's expand channels, keeping the expand layers."""
     v = VERSIONS[name]
-    kwargs.setdefault("fires", FIRES)
-    return SqueezeNet(stem_channels=v.stem_channels, stem_kernel=v.stem_kernel,
+    fires = kwargs.pop("fires", FIRES)
+    if squeeze_ratio is not None:
+        if not 0 < squeeze_ratio <= 1:
+            raise SqueezeNetError(f"squeeze_ratio must be in (0, 1], got {squeeze_ratio}")
+        fires = [(n, max(1, round(squeeze_ratio * (e1 + e3))), e1, e3) for n, _, e1, e3 in fires]
+    return SqueezeNet(fires=fires, stem_channels=v.stem_channels, stem_kernel=v.stem_kernel,
                       pool_after=v.pool_after, **kwargs)

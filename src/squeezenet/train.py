@@ -67,6 +67,7 @@ class TrainConfig:
     final_relu: bool = True
     zero_init_residual: bool = True  # bypassed Fire modules start as the identity (with BN)
     dropout: float = 0.5
+    squeeze_ratio: float | None = None  # the paper's SR (0.125 in v1.0/v1.1): squeeze width / expand width
     weights: str | None = None  # initial weights (.pth/.safetensors, or "torchvision") for fine-tuning
     # machinery
     device: str = "auto"
@@ -90,6 +91,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
+             f"--squeeze-ratio must be in (0, 1], got {self.squeeze_ratio}"),
             (0 <= self.tta_shift <= 4, f"--tta-shift must be 0 to 4 pixels, got {self.tta_shift}"),
             (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
@@ -222,6 +225,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model_kwargs = dict(num_classes=len(classes), in_channels=full.channels, dropout=cfg.dropout,
                         bypass=cfg.bypass, batch_norm=cfg.batch_norm, small_input=cfg.small_input,
                         final_relu=cfg.final_relu, zero_init_residual=cfg.zero_init_residual)
+    if cfg.squeeze_ratio is not None:  # absent from older checkpoints' metadata: they load as before
+        model_kwargs["squeeze_ratio"] = cfg.squeeze_ratio
     model = create_model(cfg.arch, **model_kwargs)
     if cfg.weights:
         report = (load_torchvision_weights(model, cfg.arch) if cfg.weights == "torchvision"
