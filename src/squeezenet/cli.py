@@ -82,7 +82,7 @@ TRAIN_FLAGS = [
     ("--resume", str, "continue the run in this directory from its last completed epoch"),
     ("--stop-after", _positive_int, "end this invocation after N epochs (continue with --resume)"),
     ("--train-size", _positive_int, "use a seeded random subset of N training images (quick runs)"),
-    ("--tta-shift", int, "with --tta, eval also averages views shifted by N pixels (0 = flip only)"),
+    ("--tta-shift", _positive_int, "with --tta, eval also averages views shifted by N pixels (0 = flip only)"),
 ]
 TRAIN_SWITCHES = [
     ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),
@@ -112,14 +112,14 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_eval_split
-    from .evaluate import evaluate
+    from .evaluate import MAX_TTA_SHIFT, evaluate
 
     model, meta = load_checkpoint(args.checkpoint)
     data, loader = load_eval_split(meta, args.dataset, args.data_dir, args.split, args.batch_size)
     tta = meta.get("tta", False) if args.tta is None else args.tta
     shift = meta.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
-    if not 0 <= shift <= 4:
-        raise UsageError(f"--tta-shift must be 0 to 4 pixels, got {shift}")
+    if not 0 <= shift <= MAX_TTA_SHIFT:
+        raise UsageError(f"--tta-shift must be 0 to {MAX_TTA_SHIFT} pixels, got {shift}")
     shift = shift if tta else 0
     result = evaluate(model, loader, len(meta["class_names"]), tta=tta, shift=shift)
     classes = meta["class_names"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+MAX_TTA_SHIFT = 4  # pixels: larger shifts move small images' content out of view
+
 
 def tta_views(x: torch.Tensor, tta: bool = False, shift: int = 0) -> list[torch.Tensor]:
     """The images test-time augmentation averages over: ``x``; with ``tta`` also its mirror image;

@@ -25,6 +25,7 @@ from . import distributed as dist
 from .checkpoint import crash_point, load_state, save_checkpoint, save_state, write_text_atomic
 from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
+from .evaluate import MAX_TTA_SHIFT
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
 from .zoo import create_model, list_models, load_torchvision_weights, load_weights
@@ -93,7 +94,8 @@ class TrainConfig:
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
              f"--squeeze-ratio must be in (0, 1], got {self.squeeze_ratio}"),
-            (0 <= self.tta_shift <= 4, f"--tta-shift must be 0 to 4 pixels, got {self.tta_shift}"),
+            (0 <= self.tta_shift <= MAX_TTA_SHIFT,
+             f"--tta-shift must be 0 to {MAX_TTA_SHIFT} pixels, got {self.tta_shift}"),
             (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
