@@ -84,6 +84,10 @@ ROWS: list[tuple[str, str, dict]] = [
      {"bypass": "none", "batch_size": 128, "lr": 0.1}),
     ("fashion-mnist recipe, squeeze ratio 1/6 (967k params)", "fashion-mnist", {"squeeze_ratio": 0.1667}),
     ("fashion-mnist recipe, 14 epochs", "fashion-mnist", {"epochs": 14}),
+    # Random erasing (rows 43-): regularisation for the train/val gap (96.4 vs 94.1 on Fashion-MNIST).
+    ("fashion-mnist recipe + random erasing 0.5", "fashion-mnist", {"erase": 0.5}),
+    ("fashion-mnist recipe + random erasing 0.25", "fashion-mnist", {"erase": 0.25}),
+    ("cifar10 recipe + random erasing 0.5", "cifar10", {"erase": 0.5}),
 ]
 # CPU budgets the recipes must fit (issue 4): CIFAR-10 45 min, Fashion-MNIST 15 min of training.
 TARGET = {"cifar10": 90.0, "fashion-mnist": 94.5}

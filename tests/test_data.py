@@ -16,6 +16,7 @@ from squeezenet.data import (
     load_folder,
     make_shapes,
     random_crop_flip,
+    random_erase,
     random_resized_crop_flip,
     read_idx,
     train_val_split,
@@ -189,6 +190,21 @@ def test_augmentations_keep_shape_and_content():
     assert torch.equal(random_crop_flip(x, 0, g, flip=False), x)
     z = random_resized_crop_flip(torch.rand(4, 3, 32, 32), g)
     assert z.shape == (4, 3, 32, 32) and torch.isfinite(z).all()
+
+
+def test_random_erase_replaces_one_rectangle_per_chosen_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((400, 3, 20, 20), 7.0)
+    assert torch.equal(random_erase(x, 0.0, g), x)
+    y = random_erase(x, 1.0, g)
+    erased = y[:, 0] != 7.0  # noise never hits 7.0 exactly
+    assert torch.equal(erased, (y != 7.0).all(1))  # the same rectangle in every channel
+    area = erased.float().mean((1, 2))
+    assert area.min() > 0 and area.max() <= 0.5 and 0.1 < area.mean() < 0.3  # 2-40% of the image
+    rows, cols = erased.any(2), erased.any(1)  # a rectangle: its bounding box is all erased
+    assert torch.equal(erased.sum((1, 2)), rows.sum(1) * cols.sum(1))
+    half = (random_erase(x, 0.5, g) != 7.0).flatten(1).any(1).float().mean()
+    assert 0.4 < half < 0.6
 
 
 def test_loader_normalises_and_batches():

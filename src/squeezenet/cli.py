@@ -71,6 +71,7 @@ TRAIN_FLAGS = [
     ("--grad-clip", float, "clip the gradient norm to this value (0 = off)"),
     ("--ema", float, "keep an exponential moving average of the weights with this decay (0 = off)"),
     ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
+    ("--erase", float, "random erasing: probability per training image of noise over a random rectangle (0 = off)"),
     ("--bypass", str, "none, simple or complex (paper section 6)"),
     ("--dropout", float, "dropout before conv10 (0.5)"),
     ("--squeeze-ratio", float, "the paper's SR: squeeze channels / expand channels (0.125 in v1.0 and v1.1)"),

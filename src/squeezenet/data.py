@@ -133,6 +133,28 @@ def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator, scale=
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, scale=(0.02, 0.4),
+                 ratio=(0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al., 2020; torchvision's ``RandomErasing(value="random")``) for whole
+    batches: with probability ``p`` per image, a rectangle covering ``scale`` of its area with aspect
+    ``ratio`` is replaced by standard-normal noise (inputs are already normalised). One mask over the
+    batch instead of a Python loop per image; a rectangle that does not fit is clipped to the image
+    rather than redrawn."""
+    n, _, h, w = x.shape
+    area = torch.empty(n).uniform_(*scale, generator=generator) * (h * w)
+    r = torch.exp(torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    eh = torch.sqrt(area * r).round().clamp(1, h)
+    ew = torch.sqrt(area / r).round().clamp(1, w)
+    y0 = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
+    x0 = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
+    on = torch.rand(n, generator=generator) < p
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])  # n,h
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])  # n,w
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & on[:, None, None])[:, None]  # n,1,h,w
+    return torch.where(mask, torch.randn(x.shape, generator=generator, dtype=x.dtype), x)
+
+
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     if kind == "none":
         return x
@@ -157,8 +179,9 @@ class Loader:
 
     def __init__(self, data, batch_size: int, shuffle: bool = False, augment: str = "none",
                  seed: int = 0, drop_last: bool = False, sampler=None, channels_last: bool = False,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", erase: float = 0.0):
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
+        self.erase = erase  # random-erasing probability per image, after ``augment``
         self.seed, self.drop_last, self.sampler = seed, drop_last, sampler
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = torch.device(device)
@@ -189,6 +212,8 @@ class Loader:
             if self.drop_last and len(idx) < self.batch_size:
                 break
             x = augment_batch(self.data.batch(idx, g), self.augment, g)
+            if self.erase > 0:
+                x = random_erase(x, self.erase, g)
             y = self.data.labels[idx]
             x = x.to(self.device, memory_format=self.memory_format, non_blocking=True)
             yield x, y.to(self.device, non_blocking=True)

@@ -57,6 +57,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     ema: float = 0.0  # EMA decay of the weights per step; 0 = off
     augment: str = "auto"
+    erase: float = 0.0  # random-erasing probability per training image (data.random_erase); 0 = off
     tta: bool = False  # evaluate with horizontal-flip test-time augmentation
     # With tta, `squeezenet eval` also averages views shifted by this many pixels (evaluate.tta_views);
     # the per-epoch validation uses the flip alone, which costs a third as much.
@@ -91,6 +92,7 @@ class TrainConfig:
             (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
+            (0 <= self.erase <= 1, f"--erase must be a probability in [0, 1], got {self.erase}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
              f"--squeeze-ratio must be in (0, 1], got {self.squeeze_ratio}"),
@@ -217,7 +219,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     train_loader = Loader(train_set, per_rank_batch, shuffle=True, augment=augment, seed=cfg.seed,
                           drop_last=len(train_set) >= 2 * cfg.batch_size,
                           sampler=ddp.sampler(train_set, shuffle=True, seed=cfg.seed),
-                          channels_last=cfg.channels_last, device=device)
+                          channels_last=cfg.channels_last, device=device, erase=cfg.erase)
     val_loader = Loader(val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
                         sampler=ddp.eval_sampler(val_set))
     if len(train_loader) == 0:
