@@ -138,6 +138,7 @@ def test_finetune_from_weights_file(tmp_path, cli):
     (["--epochs", "ten"], "expected a whole number"),
     (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
+    (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")
