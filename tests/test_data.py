@@ -207,6 +207,15 @@ def test_random_erase_replaces_one_rectangle_per_chosen_image():
     assert 0.4 < half < 0.6
 
 
+def test_loader_erases_only_when_asked():
+    data = make_shapes(64, 16)
+    plain = next(iter(Loader(data, 64, seed=0)))[0]
+    erased = next(iter(Loader(data, 64, seed=0, erase=1.0)))[0]
+    changed = (erased != plain).flatten(1).any(1)
+    assert changed.all() and not torch.equal(erased, plain)
+    assert torch.equal(next(iter(Loader(data, 64, seed=0, erase=0.0)))[0], plain)
+
+
 def test_loader_normalises_and_batches():
     data = make_shapes(100, 16)
     loader = Loader(data, 32, shuffle=True, augment="crop", seed=0)
