@@ -127,6 +127,24 @@ def test_finetune_from_weights_file(tmp_path, cli):
     assert "classifier re-initialised" in out
 
 
+def test_final_fit_without_validation_split(tmp_path, cli):
+    code, out, err = cli("train", "--epochs", "2", "--train-size", "150", "--batch-size", "50",
+                         "--val-fraction", "0", "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
+    assert "150 train / 0 val images" in out and "no val split" in out
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_acc"] for r in rows] == [None, None] and rows[-1]["train_acc"] > 0
+    assert (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].split(",")[4] == ""
+    assert (tmp_path / "run" / "accuracy.png").is_file() and not (tmp_path / "run" / "best_val.json").exists()
+    best, last = _weights(tmp_path / "run" / "best.safetensors"), _weights(tmp_path / "run" / "last.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)  # nothing to choose an epoch by: the last
+    assert read_metadata(tmp_path / "run")["epoch"] == 2
+    code, out, err = cli("eval", tmp_path / "run", "--split", "test")
+    assert code == 0 and "top-1" in out, err
+    code, _, err = cli("eval", tmp_path / "run", "--split", "val")
+    assert code != 0 and "no validation split" in err and "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("flags, message", [
@@ -139,6 +157,7 @@ def test_finetune_from_weights_file(tmp_path, cli):
     (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

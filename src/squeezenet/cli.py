@@ -58,7 +58,8 @@ TRAIN_FLAGS = [
     ("--dataset", str, "shapes (default), noise, fashion-mnist, cifar10 or folder"),
     ("--data-dir", str, "where the data set lives (folder: DIR/<class>/<images>)"),
     ("--image-size", _positive_int, "resize images to N x N (default: the data set's own size)"),
-    ("--val-fraction", float, "fraction of the training data held out for validation (0.1)"),
+    ("--val-fraction", float, "fraction of the training data held out for validation (0.1); 0 trains on "
+                              "all of it (a final fit: no per-epoch validation; the last epoch is best)"),
     ("--epochs", _positive_int, "number of epochs (total, also when resuming)"),
     ("--batch-size", _positive_int, "global batch size"),
     ("--optimizer", str, "sgd (Nesterov), adam or adamw"),

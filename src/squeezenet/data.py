@@ -220,7 +220,10 @@ class Loader:
 
 
 def train_val_split(data, val_fraction: float, seed: int):
-    """A seeded split of the training data into (train, val); the test split is ``eval``'s only."""
+    """A seeded split of the training data into (train, val); the test split is ``eval``'s only.
+    ``val_fraction`` 0 is the final fit on every training image: (data, None)."""
+    if val_fraction == 0:
+        return data, None
     if not 0 < val_fraction < 1:
         raise SqueezeNetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     n_val = max(1, round(len(data) * val_fraction))
@@ -631,6 +634,9 @@ def load_eval_split(meta: dict, dataset: str | None, data_dir: str | None, split
         full = load_dataset(dataset, "train", data_dir, pre["image_size"], seed=meta.get("seed", 0),
                             channels=channels, size=meta.get("train_size"))
         _, data = train_val_split(full, meta.get("val_fraction", 0.1), meta.get("seed", 0))
+        if data is None:
+            raise SqueezeNetError("this model trained on all of its training data (--val-fraction 0), "
+                                  "so it has no validation split: use --split test")
     else:
         data = load_dataset(dataset, "test", data_dir, pre["image_size"], seed=meta.get("seed", 0),
                             channels=channels)

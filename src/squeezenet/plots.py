@@ -23,11 +23,14 @@ def plot_curves(history: list[dict], out: Path) -> None:
     for name, keys, ylabel in (("loss", ("train_loss", "val_loss"), "cross-entropy loss"),
                                ("accuracy", ("train_acc", "val_acc"), "top-1 accuracy (%)")):
         fig, ax = plt.subplots(figsize=(6, 4))
+        has_val = any(h[keys[1]] is not None for h in history)
         for key in keys:
+            if key == keys[1] and not has_val:  # --val-fraction 0: no validation curve
+                continue
             ax.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{'Loss' if name == 'loss' else 'Accuracy'}: train vs validation")
+        ax.set_title(f"{'Loss' if name == 'loss' else 'Accuracy'}: train" + (" vs validation" if has_val else ""))
         ax.grid(alpha=0.3)
         ax.legend()
         _save(fig, out / f"{name}.png")

@@ -44,7 +44,7 @@ class TrainConfig:
     dataset: str = "shapes"
     data_dir: str | None = None
     image_size: int | None = None  # None: the data set's own size
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: the final fit on every training image, no validation split
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -89,7 +89,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
+            (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
             (0 <= self.erase <= 1, f"--erase must be a probability in [0, 1], got {self.erase}"),
@@ -220,8 +220,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                           drop_last=len(train_set) >= 2 * cfg.batch_size,
                           sampler=ddp.sampler(train_set, shuffle=True, seed=cfg.seed),
                           channels_last=cfg.channels_last, device=device, erase=cfg.erase)
-    val_loader = Loader(val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
-                        sampler=ddp.eval_sampler(val_set))
+    val_loader = None if val_set is None else Loader(
+        val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
+        sampler=ddp.eval_sampler(val_set))
     if len(train_loader) == 0:
         raise SqueezeNetError(f"{len(train_set)} training images are fewer than one batch")
 
@@ -268,7 +269,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             ema.load_state_dict(state["ema"])
         scaler.load_state_dict(state.get("scaler", scaler.state_dict()))
         history, start_epoch = list(state["history"]), int(state["epoch"])
-        best_acc = max((h["val_acc"] for h in history), default=-1.0)
+        best_acc = max((h["val_acc"] for h in history if h["val_acc"] is not None), default=-1.0)
         if start_epoch >= cfg.epochs:
             say(f"{out} already finished {start_epoch} of {cfg.epochs} epochs: nothing to do "
                 f"(pass a larger --epochs to train longer)")
@@ -293,8 +294,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
         say(f"{cfg.arch}: {params:,} parameters | {cfg.dataset}: {len(train_set):,} train / "
-            f"{len(val_set):,} val images of {full.channels}x{train_set.image_size}x"
-            f"{train_set.image_size}, {len(classes)} classes | {device} x{ddp.world_size} | out {out}")
+            f"{len(val_set) if val_set is not None else 0:,} val images of {full.channels}x"
+            f"{train_set.image_size}x{train_set.image_size}, {len(classes)} classes | {device} "
+            f"x{ddp.world_size} | out {out}")
+        if val_set is None:
+            say("--val-fraction 0: no validation split, so nothing picks a best epoch; best.safetensors "
+                "is the last epoch's weights. Measure it with `squeezenet eval --split test`")
 
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, last_epoch):
@@ -334,20 +339,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
         seconds = time.perf_counter() - t0
         train_loss, train_acc, seen = ddp.reduce_train(loss_sum, correct, seen)
         eval_model = ema.module if ema is not None else model
-        val = ddp.evaluate(eval_model, val_loader, len(classes), tta=cfg.tta, autocast=autocast)
+        val = None if val_loader is None else ddp.evaluate(eval_model, val_loader, len(classes),
+                                                           tta=cfg.tta, autocast=autocast)
         record = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
-                  "train_acc": round(train_acc, 4), "val_loss": round(val["loss"], 6),
-                  "val_acc": round(val["top1"], 4), "val_top5": round(val["top5"], 4),
-                  "val_count": val["count"], "lr": lr, "images_per_s": round(seen / seconds, 2),
+                  "train_acc": round(train_acc, 4), "val_loss": val and round(val["loss"], 6),
+                  "val_acc": val and round(val["top1"], 4), "val_top5": val and round(val["top5"], 4),
+                  "val_count": val and val["count"], "lr": lr, "images_per_s": round(seen / seconds, 2),
                   "seconds": round(seconds, 3)}
         history.append(record)
+        val_text = (f"val loss {val['loss']:.4f} top-1 {val['top1']:6.2f}% top-5 {val['top5']:6.2f}%"
+                    if val else "no val split")
         say(f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
-            f"val loss {val['loss']:.4f} top-1 {val['top1']:6.2f}% top-5 {val['top5']:6.2f}%  "
-            f"lr {lr:.3g}  {seen / seconds:,.0f} img/s  {seconds:.1f}s")
+            f"{val_text}  lr {lr:.3g}  {seen / seconds:,.0f} img/s  {seconds:.1f}s")
         if main:
-            meta_now = {**meta, "epoch": epoch + 1, "val_acc": val["top1"]}
+            meta_now = {**meta, "epoch": epoch + 1, "val_acc": val and val["top1"]}
             save_checkpoint(out / "last.safetensors", eval_model, meta_now)
-            if record["val_acc"] > best_acc:  # rounded, as in the history a resume reads it from
+            if val is None:  # the final fit: the newest weights are the ones to ship
+                save_checkpoint(out / "best.safetensors", eval_model, meta_now)
+            elif record["val_acc"] > best_acc:  # rounded, as in the history a resume reads it from
                 best_acc = record["val_acc"]
                 save_checkpoint(out / "best.safetensors", eval_model, meta_now)
                 write_text_atomic(out / "best_val.json", json.dumps(
@@ -366,13 +375,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ddp.barrier()
 
     if main and history:
-        best = json.loads((out / "best_val.json").read_text())
-        plot_confusion(best["confusion"], classes, out / "confusion.png",
-                       f"{cfg.arch} on {cfg.dataset} validation (epoch {best['epoch']}, "
-                       f"top-1 {best['top1']:.2f}%)")
         total = sum(h["seconds"] for h in history)
-        say(f"done: best val top-1 {best['top1']:.2f}% (epoch {best['epoch']}), last "
-            f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
+        if val_loader is None:
+            say(f"done: {len(history)} epochs on all {len(train_set):,} training images, training time "
+                f"{total:.0f}s -> {out}")
+        else:
+            best = json.loads((out / "best_val.json").read_text())
+            plot_confusion(best["confusion"], classes, out / "confusion.png",
+                           f"{cfg.arch} on {cfg.dataset} validation (epoch {best['epoch']}, "
+                           f"top-1 {best['top1']:.2f}%)")
+            say(f"done: best val top-1 {best['top1']:.2f}% (epoch {best['epoch']}), last "
+                f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
     ddp.cleanup()
     return {**(history[-1] if history else {}), "out": str(out)}
 
@@ -386,7 +399,8 @@ def diverged_message(cfg: TrainConfig, out: Path, epoch: int, step: int, loss: f
 def write_metrics(history: list[dict], out: Path) -> None:
     keys = list(history[0])
     write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    rows = [",".join(keys)] + [",".join(str(h.get(k, "")) for k in keys) for h in history]
+    rows = [",".join(keys)] + [",".join("" if h.get(k) is None else str(h[k]) for k in keys)
+                               for h in history]
     write_text_atomic(out / "metrics.csv", "\n".join(rows) + "\n")
 
 
