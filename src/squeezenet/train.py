@@ -341,24 +341,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
         eval_model = ema.module if ema is not None else model
         val = None if val_loader is None else ddp.evaluate(eval_model, val_loader, len(classes),
                                                            tta=cfg.tta, autocast=autocast)
-        record = {"epoch": epoch + 1, "train_loss": round(train_loss, 6),
-                  "train_acc": round(train_acc, 4), "val_loss": val and round(val["loss"], 6),
-                  "val_acc": val and round(val["top1"], 4), "val_top5": val and round(val["top5"], 4),
-                  "val_count": val and val["count"], "lr": lr, "images_per_s": round(seen / seconds, 2),
-                  "seconds": round(seconds, 3)}
+        record = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 4),
+                  **({"val_loss": round(val["loss"], 6), "val_acc": round(val["top1"], 4),
+                      "val_top5": round(val["top5"], 4), "val_count": val["count"]} if val
+                     else dict.fromkeys(("val_loss", "val_acc", "val_top5", "val_count"))),
+                  "lr": lr, "images_per_s": round(seen / seconds, 2), "seconds": round(seconds, 3)}
         history.append(record)
         val_text = (f"val loss {val['loss']:.4f} top-1 {val['top1']:6.2f}% top-5 {val['top5']:6.2f}%"
                     if val else "no val split")
         say(f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
             f"{val_text}  lr {lr:.3g}  {seen / seconds:,.0f} img/s  {seconds:.1f}s")
         if main:
-            meta_now = {**meta, "epoch": epoch + 1, "val_acc": val and val["top1"]}
+            meta_now = {**meta, "epoch": epoch + 1, "val_acc": val["top1"] if val else None}
             save_checkpoint(out / "last.safetensors", eval_model, meta_now)
-            if val is None:  # the final fit: the newest weights are the ones to ship
+            # val_acc is rounded, as in the history a resume reads it from
+            improved = val is not None and record["val_acc"] > best_acc
+            if improved or val is None:  # the final fit (no val split) ships its newest weights
                 save_checkpoint(out / "best.safetensors", eval_model, meta_now)
-            elif record["val_acc"] > best_acc:  # rounded, as in the history a resume reads it from
+            if improved:
                 best_acc = record["val_acc"]
-                save_checkpoint(out / "best.safetensors", eval_model, meta_now)
                 write_text_atomic(out / "best_val.json", json.dumps(
                     {"epoch": epoch + 1, **{k: val[k] for k in ("top1", "top5", "loss", "count")},
                      "per_class": val["per_class"], "confusion": val["confusion"]}) + "\n")
