@@ -95,6 +95,10 @@ ROWS: list[tuple[str, str, dict]] = [
     # about 1.4x the multiply-adds, so fewer epochs fit the same 15 minutes.
     ("fashion-mnist recipe at 32 px, 9 epochs", "fashion-mnist", {"image_size": 32, "epochs": 9}),
     ("fashion-mnist recipe at 32 px, 10 epochs", "fashion-mnist", {"image_size": 32, "epochs": 10}),
+    # Epoch-efficiency tricks from airbench (rows 50-), first screened short (--extra="--epochs 8").
+    ("cifar10 recipe + whitened conv1 init", "cifar10", {"whiten": True}),
+    ("cifar10 recipe + Lookahead (k 5, alpha 0.5)", "cifar10", {"lookahead": 5}),
+    ("cifar10 recipe + alternating flip", "cifar10", {"alternate_flip": True}),
 ]
 # CPU budgets the recipes must fit (issue 4): CIFAR-10 45 min, Fashion-MNIST 15 min of training.
 TARGET = {"cifar10": 90.0, "fashion-mnist": 94.5}

@@ -216,6 +216,21 @@ def test_loader_erases_only_when_asked():
     assert torch.equal(next(iter(Loader(data, 64, seed=0, erase=0.0)))[0], plain)
 
 
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    data = make_shapes(40, 16)
+    loader = Loader(data, 40, augment="flip", seed=3, alternate_flip=True)
+    plain = next(iter(Loader(data, 40)))[0]
+    flipped = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        x = next(iter(loader))[0]
+        is_flipped = (x == plain.flip(3)).flatten(1).all(1)
+        assert (is_flipped | (x == plain).flatten(1).all(1)).all()  # each image: itself or its mirror
+        flipped.append(is_flipped)
+    assert 0 < flipped[0].sum() < 40  # a random first choice per image
+    assert torch.equal(flipped[1], ~flipped[0]) and torch.equal(flipped[2], flipped[0])
+
+
 def test_loader_normalises_and_batches():
     data = make_shapes(100, 16)
     loader = Loader(data, 32, shuffle=True, augment="crop", seed=0)

@@ -77,6 +77,35 @@ def test_resume_gives_identical_weights(tmp_path):
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "split" / "metrics.jsonl")
 
 
+def test_resume_is_exact_with_lookahead_whitening_and_alternating_flip(tmp_path):
+    base = {"epochs": 3, "train_size": 200, "batch_size": 45, "progress": False, "lookahead": 3,
+            "whiten": True, "alternate_flip": True}
+    train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
+    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}), log=QUIET)
+    train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lookahead_pulls_back_toward_the_slow_weights():
+    from squeezenet.train import Lookahead
+
+    model = torch.nn.Linear(3, 1)
+    start = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lookahead = Lookahead(model, k=2, alpha=0.5)
+    for step in range(2):
+        opt.zero_grad()
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        if step == 0:
+            fast = model.weight.detach().clone()
+            assert torch.allclose(fast, start - 0.1)  # between syncs the optimizer runs alone
+        lookahead.step()
+    assert torch.allclose(model.weight, start + 0.5 * (-0.2))  # halfway from slow to fast (start - 0.2)
+    assert torch.allclose(lookahead.slow[0], model.weight)
+
+
 def test_resume_to_more_epochs_with_constant_lr(tmp_path):
     base = {"train_size": 150, "batch_size": 45, "progress": False, "schedule": "constant", "warmup_epochs": 0}
     train(make_config({**base, "epochs": 2, "out": str(tmp_path / "a")}), log=QUIET)
@@ -158,6 +187,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

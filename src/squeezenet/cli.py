@@ -72,6 +72,7 @@ TRAIN_FLAGS = [
     ("--grad-clip", float, "clip the gradient norm to this value (0 = off)"),
     ("--ema", float, "keep an exponential moving average of the weights with this decay (0 = off)"),
     ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
+    ("--lookahead", int, "Lookahead: every N steps pull the weights halfway back to the slow weights (0 = off)"),
     ("--erase", float, "random erasing: probability per training image of noise over a random rectangle (0 = off)"),
     ("--bypass", str, "none, simple or complex (paper section 6)"),
     ("--dropout", float, "dropout before conv10 (0.5)"),
@@ -93,6 +94,8 @@ TRAIN_SWITCHES = [
     ("--zero-init-residual", "with BN, bypassed Fire modules start as the identity (on by default)"),
     ("--channels-last", "NHWC memory format (faster on CPU; on by default)"),
     ("--tta", "evaluate with horizontal-flip test-time augmentation"),
+    ("--alternate-flip", "mirror each training image in every other epoch instead of at random"),
+    ("--whiten", "initialise conv1 as a patch-whitening transform of the training images"),
     ("--strict", "unreadable images are an error instead of a skipped warning"),
     ("--progress", "progress bar (default: on terminals only)"),
 ]

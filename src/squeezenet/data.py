@@ -94,9 +94,11 @@ class NoiseSet:
 
 # ----------------------------------------------------------------------------- augmentation
 
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True):
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip: bool = True,
+                     flip_mask: torch.Tensor | None = None):
     """Random crop with ``pad`` pixels of reflection padding, and horizontal flip, per sample, as
-    one gather over the whole batch."""
+    one gather over the whole batch. ``flip_mask`` (bool, one per sample) says which images to
+    mirror instead of a coin toss each."""
     n, _, h, w = x.shape
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
@@ -107,7 +109,7 @@ def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator, flip
         x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
                    rows, cols]
     if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+        mask = torch.rand(n, generator=generator) < 0.5 if flip_mask is None else flip_mask
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -155,13 +157,14 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, scale=(0
     return torch.where(mask, torch.randn(x.shape, generator=generator, dtype=x.dtype), x)
 
 
-def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
+                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
     if kind == "none":
         return x
     if kind == "flip":
-        return random_crop_flip(x, 0, generator)
+        return random_crop_flip(x, 0, generator, flip_mask=flip_mask)
     if kind == "crop":  # small images: pad-and-crop + flip (CIFAR standard: 4 px at 32)
-        return random_crop_flip(x, max(1, round(x.shape[-1] / 8)), generator)
+        return random_crop_flip(x, max(1, round(x.shape[-1] / 8)), generator, flip_mask=flip_mask)
     if kind == "crop-noflip":  # e.g. digits or text, where a mirror changes the class
         return random_crop_flip(x, max(1, round(x.shape[-1] / 8)), generator, flip=False)
     if kind == "rrc":
@@ -175,17 +178,23 @@ class Loader:
     ``sampler`` is any iterable of indices (e.g. ``DistributedSampler``); without one the order is
     a seeded permutation per epoch (``shuffle``) or sequential. Randomness comes from a generator
     seeded by (seed, epoch), so an epoch is reproducible on its own, which makes resume exact.
+
+    ``alternate_flip`` (airbench, Jordan 2024) replaces the coin toss per image and epoch: each image
+    is mirrored in every other epoch, from a random first choice, so any two consecutive epochs
+    show both orientations of every image.
     """
 
     def __init__(self, data, batch_size: int, shuffle: bool = False, augment: str = "none",
                  seed: int = 0, drop_last: bool = False, sampler=None, channels_last: bool = False,
-                 device: str | torch.device = "cpu", erase: float = 0.0):
+                 device: str | torch.device = "cpu", erase: float = 0.0, alternate_flip: bool = False):
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.erase = erase  # random-erasing probability per image, after ``augment``
         self.seed, self.drop_last, self.sampler = seed, drop_last, sampler
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = torch.device(device)
         self.epoch = 0
+        self.flip_phase = (torch.randint(0, 2, (len(data),), generator=torch.Generator().manual_seed(seed + 7))
+                           if alternate_flip else None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -211,7 +220,8 @@ class Loader:
             idx = order[start:start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            x = augment_batch(self.data.batch(idx, g), self.augment, g)
+            flip = None if self.flip_phase is None else (self.flip_phase[idx] + self.epoch) % 2 == 1
+            x = augment_batch(self.data.batch(idx, g), self.augment, g, flip_mask=flip)
             if self.erase > 0:
                 x = random_erase(x, self.erase, g)
             y = self.data.labels[idx]

@@ -201,6 +201,27 @@ def _spatial(size: int, module: nn.Module) -> int:
     return out
 
 
+@torch.no_grad()
+def whiten_stem_(model: SqueezeNet, images: torch.Tensor, eps: float = 5e-4) -> int:
+    """Data-dependent init of conv1 (airbench, Jordan 2024): its filters become the eigenvectors of
+    the covariance of the input's conv1-sized patches, each scaled by 1/sqrt(eigenvalue) and used
+    with both signs, so conv1 starts as a patch-whitening transform instead of random projections.
+    ``images`` are normalised training images (N, C, H, W). Filters beyond 2 x (C x k x k), if any,
+    keep their random init; with fewer, the largest-eigenvalue directions are kept. Returns how
+    many filters were set."""
+    conv1 = model.features[0]
+    out_ch, c, kh, kw = conv1.weight.shape
+    patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1)  # N, C, H', W', kh, kw
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    pairs = min(c * kh * kw, out_ch // 2)
+    filters = (eigenvectors.T.flip(0)[:pairs] / torch.sqrt(eigenvalues.flip(0)[:pairs, None] + eps))
+    filters = filters.reshape(pairs, c, kh, kw).to(conv1.weight.dtype)
+    conv1.weight[: 2 * pairs] = torch.cat([filters, -filters])
+    return 2 * pairs
+
+
 def feature_size(features: nn.Sequential, size: int) -> int:
     """Spatial size of the feature map that ``features`` makes from a ``size`` x ``size`` input."""
     for m in features.modules():

@@ -26,6 +26,7 @@ from .checkpoint import crash_point, load_state, save_checkpoint, save_state, wr
 from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
 from .evaluate import MAX_TTA_SHIFT
+from .model import whiten_stem_
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
 from .zoo import create_model, list_models, load_torchvision_weights, load_weights
@@ -56,8 +57,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     ema: float = 0.0  # EMA decay of the weights per step; 0 = off
+    lookahead: int = 0  # Lookahead's k: every k steps move halfway back toward the slow weights; 0 = off
     augment: str = "auto"
     erase: float = 0.0  # random-erasing probability per training image (data.random_erase); 0 = off
+    alternate_flip: bool = False  # mirror each image in every other epoch instead of at random
     tta: bool = False  # evaluate with horizontal-flip test-time augmentation
     # With tta, `squeezenet eval` also averages views shifted by this many pixels (evaluate.tta_views);
     # the per-epoch validation uses the flip alone, which costs a third as much.
@@ -68,6 +71,7 @@ class TrainConfig:
     small_input: bool = False
     final_relu: bool = True
     zero_init_residual: bool = True  # bypassed Fire modules start as the identity (with BN)
+    whiten: bool = False  # conv1 starts as a patch-whitening transform of the training data
     dropout: float = 0.5
     squeeze_ratio: float | None = None  # the paper's SR (0.125 in v1.0/v1.1): squeeze width / expand width
     weights: str | None = None  # initial weights (.pth/.safetensors, or "torchvision") for fine-tuning
@@ -92,6 +96,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
+            (self.lookahead >= 0, f"--lookahead must be a number of steps >= 0, got {self.lookahead}"),
             (0 <= self.erase <= 1, f"--erase must be a probability in [0, 1], got {self.erase}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
@@ -219,7 +224,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     train_loader = Loader(train_set, per_rank_batch, shuffle=True, augment=augment, seed=cfg.seed,
                           drop_last=len(train_set) >= 2 * cfg.batch_size,
                           sampler=ddp.sampler(train_set, shuffle=True, seed=cfg.seed),
-                          channels_last=cfg.channels_last, device=device, erase=cfg.erase)
+                          channels_last=cfg.channels_last, device=device, erase=cfg.erase,
+                          alternate_flip=cfg.alternate_flip)
     val_loader = None if val_set is None else Loader(
         val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
         sampler=ddp.eval_sampler(val_set))
@@ -242,6 +248,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise SqueezeNetError(f"{cfg.arch} needs images of at least {model.min_input_size} px, the "
                               f"data is {train_set.image_size} px: pass --image-size "
                               f"{model.min_input_size} or more, or --small-input")
+    if cfg.whiten and start_fresh(cfg):
+        # 5,000 images (airbench's count) estimate the 27x27 patch covariance well; every rank
+        # draws the same ones, so the replicas start equal.
+        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
+        set_filters = whiten_stem_(model, train_set.batch(pick))
+        say(f"whiten: conv1 starts as {set_filters} patch-whitening filters")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     if ddp.enabled and device.type == "cuda" and cfg.batch_norm:
@@ -306,6 +318,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         # Every random draw of an epoch comes from seeds fixed by (seed, epoch): resume is exact.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         train_loader.set_epoch(epoch)
+        # Each epoch ends synced (fast == slow), so a fresh Lookahead per epoch also serves resume.
+        lookahead = Lookahead(model, cfg.lookahead) if cfg.lookahead else None
         net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
@@ -328,6 +342,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if lookahead is not None:
+                lookahead.step()
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += loss.detach().double() * len(y)
@@ -336,6 +352,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if bar.disable is False and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr:.3g}")
             crash_point(f"epoch{epoch + 1}-step{step + 1}")
+        if lookahead is not None:  # evaluate and checkpoint the slow weights; resume starts from them
+            lookahead.sync()
         seconds = time.perf_counter() - t0
         train_loss, train_acc, seen = ddp.reduce_train(loss_sum, correct, seen)
         eval_model = ema.module if ema is not None else model
@@ -389,6 +407,36 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
     ddp.cleanup()
     return {**(history[-1] if history else {}), "out": str(out)}
+
+
+def start_fresh(cfg: TrainConfig) -> bool:
+    """Not resuming, or resuming a run that has no checkpoint yet (it then starts over)."""
+    return not (cfg.resume and (Path(cfg.resume) / "last.state.pt").exists())
+
+
+class Lookahead:
+    """Lookahead (Zhang et al., 2019) around any optimizer: every ``k`` steps the slow weights move
+    ``alpha`` of the way toward the optimizer's (fast) weights, and the fast weights restart from
+    them. Written here because PyTorch has none; ``sync`` at each epoch's end makes fast == slow,
+    so checkpoints hold the slow weights and resume needs no extra state."""
+
+    def __init__(self, model: torch.nn.Module, k: int, alpha: float = 0.5):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.slow = [p.detach().clone() for p in self.params]
+        self.k, self.alpha, self.count = k, alpha, 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.count += 1
+        if self.count % self.k == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        torch._foreach_lerp_(self.slow, [p.detach() for p in self.params], self.alpha)
+        for p, slow in zip(self.params, self.slow):
+            p.copy_(slow)
+        self.count = 0
 
 
 def diverged_message(cfg: TrainConfig, out: Path, epoch: int, step: int, loss: float) -> str:
