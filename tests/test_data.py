@@ -10,6 +10,7 @@ from PIL import Image
 from squeezenet import SqueezeNetError
 from squeezenet.data import (
     Loader,
+    augment_batch,
     load_cifar10,
     load_dataset,
     load_fashion_mnist,
@@ -214,6 +215,15 @@ def test_loader_erases_only_when_asked():
     changed = (erased != plain).flatten(1).any(1)
     assert changed.all() and not torch.equal(erased, plain)
     assert torch.equal(next(iter(Loader(data, 64, seed=0, erase=0.0)))[0], plain)
+
+
+def test_crop_pad_bounds_the_shift():
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16).expand(64, 1, 16, 16).clone()
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, "crop-noflip", g, crop_pad=1)
+    # A shift of at most 1 px moves each pixel value by at most 1 row (16) plus 1 column.
+    assert (out[:, :, 1:-1, 1:-1] - x[:, :, 1:-1, 1:-1]).abs().max() <= 17
+    assert (augment_batch(x, "crop-noflip", g) - x)[:, :, 4:-4, 4:-4].abs().max() > 17  # default: 2 px at 16
 
 
 def test_alternating_flip_mirrors_each_image_every_other_epoch():

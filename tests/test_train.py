@@ -188,6 +188,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
+    (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

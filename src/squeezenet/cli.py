@@ -73,6 +73,7 @@ TRAIN_FLAGS = [
     ("--ema", float, "keep an exponential moving average of the weights with this decay (0 = off)"),
     ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
     ("--lookahead", int, "Lookahead: every N steps pull the weights halfway back to the slow weights (0 = off)"),
+    ("--crop-pad", int, "pad-and-crop shift in pixels for --augment crop (default: 1/8 of the image, 4 at 32 px)"),
     ("--erase", float, "random erasing: probability per training image of noise over a random rectangle (0 = off)"),
     ("--bypass", str, "none, simple or complex (paper section 6)"),
     ("--dropout", float, "dropout before conv10 (0.5)"),

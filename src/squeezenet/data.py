@@ -158,15 +158,17 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator, scale=(0
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator,
-                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  flip_mask: torch.Tensor | None = None, crop_pad: int | None = None) -> torch.Tensor:
+    """``crop_pad``: the pad-and-crop shift in pixels (default: 1/8 of the image, 4 px at 32)."""
+    pad = max(1, round(x.shape[-1] / 8)) if crop_pad is None else crop_pad
     if kind == "none":
         return x
     if kind == "flip":
         return random_crop_flip(x, 0, generator, flip_mask=flip_mask)
     if kind == "crop":  # small images: pad-and-crop + flip (CIFAR standard: 4 px at 32)
-        return random_crop_flip(x, max(1, round(x.shape[-1] / 8)), generator, flip_mask=flip_mask)
+        return random_crop_flip(x, pad, generator, flip_mask=flip_mask)
     if kind == "crop-noflip":  # e.g. digits or text, where a mirror changes the class
-        return random_crop_flip(x, max(1, round(x.shape[-1] / 8)), generator, flip=False)
+        return random_crop_flip(x, pad, generator, flip=False)
     if kind == "rrc":
         return random_resized_crop_flip(x, generator)
     raise SqueezeNetError(f"unknown augmentation {kind!r}: choose none, flip, crop, crop-noflip or rrc")
@@ -186,9 +188,11 @@ class Loader:
 
     def __init__(self, data, batch_size: int, shuffle: bool = False, augment: str = "none",
                  seed: int = 0, drop_last: bool = False, sampler=None, channels_last: bool = False,
-                 device: str | torch.device = "cpu", erase: float = 0.0, alternate_flip: bool = False):
+                 device: str | torch.device = "cpu", erase: float = 0.0, alternate_flip: bool = False,
+                 crop_pad: int | None = None):
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.erase = erase  # random-erasing probability per image, after ``augment``
+        self.crop_pad = crop_pad
         self.seed, self.drop_last, self.sampler = seed, drop_last, sampler
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = torch.device(device)
@@ -221,7 +225,8 @@ class Loader:
             if self.drop_last and len(idx) < self.batch_size:
                 break
             flip = None if self.flip_phase is None else (self.flip_phase[idx] + self.epoch) % 2 == 1
-            x = augment_batch(self.data.batch(idx, g), self.augment, g, flip_mask=flip)
+            x = augment_batch(self.data.batch(idx, g), self.augment, g, flip_mask=flip,
+                              crop_pad=self.crop_pad)
             if self.erase > 0:
                 x = random_erase(x, self.erase, g)
             y = self.data.labels[idx]

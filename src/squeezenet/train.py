@@ -61,6 +61,7 @@ class TrainConfig:
     augment: str = "auto"
     erase: float = 0.0  # random-erasing probability per training image (data.random_erase); 0 = off
     alternate_flip: bool = False  # mirror each image in every other epoch instead of at random
+    crop_pad: int | None = None  # pad-and-crop shift in pixels for crop augmentations (None: 1/8 of the size)
     tta: bool = False  # evaluate with horizontal-flip test-time augmentation
     # With tta, `squeezenet eval` also averages views shifted by this many pixels (evaluate.tta_views);
     # the per-epoch validation uses the flip alone, which costs a third as much.
@@ -97,6 +98,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}"),
             (self.lookahead >= 0, f"--lookahead must be a number of steps >= 0, got {self.lookahead}"),
+            (self.crop_pad is None or self.crop_pad >= 1,
+             f"--crop-pad must be at least 1 pixel (use --augment flip for none), got {self.crop_pad}"),
             (0 <= self.erase <= 1, f"--erase must be a probability in [0, 1], got {self.erase}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
@@ -225,7 +228,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                           drop_last=len(train_set) >= 2 * cfg.batch_size,
                           sampler=ddp.sampler(train_set, shuffle=True, seed=cfg.seed),
                           channels_last=cfg.channels_last, device=device, erase=cfg.erase,
-                          alternate_flip=cfg.alternate_flip)
+                          alternate_flip=cfg.alternate_flip, crop_pad=cfg.crop_pad)
     val_loader = None if val_set is None else Loader(
         val_set, per_rank_batch * 2, channels_last=cfg.channels_last, device=device,
         sampler=ddp.eval_sampler(val_set))
