@@ -87,6 +87,13 @@ def test_resume_is_exact_with_lookahead_whitening_and_alternating_flip(tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_crop_pad_larger_than_the_image_is_refused(tmp_path, cli):
+    code, out, err = cli("train", "--train-size", "64", "--image-size", "16", "--crop-pad", "16",
+                         "--out", tmp_path / "run", "--no-progress")
+    assert code == 1 and "--crop-pad 16 must be smaller than the 16 px images" in err
+    assert not (tmp_path / "run" / "last.state.pt").exists()
+
+
 def test_lookahead_pulls_back_toward_the_slow_weights():
     from squeezenet.train import Lookahead
 

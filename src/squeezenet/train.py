@@ -251,6 +251,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise SqueezeNetError(f"{cfg.arch} needs images of at least {model.min_input_size} px, the "
                               f"data is {train_set.image_size} px: pass --image-size "
                               f"{model.min_input_size} or more, or --small-input")
+    if cfg.crop_pad is not None and cfg.crop_pad >= train_set.image_size:  # reflection padding needs pad < size
+        raise SqueezeNetError(f"--crop-pad {cfg.crop_pad} must be smaller than the {train_set.image_size} px images")
     if cfg.whiten and start_fresh(cfg):
         # 5,000 images (airbench's count) estimate the 27x27 patch covariance well; every rank
         # draws the same ones, so the replicas start equal.
