@@ -253,9 +253,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                               f"{model.min_input_size} or more, or --small-input")
     if cfg.crop_pad is not None and cfg.crop_pad >= train_set.image_size:  # reflection padding needs pad < size
         raise SqueezeNetError(f"--crop-pad {cfg.crop_pad} must be smaller than the {train_set.image_size} px images")
-    if cfg.whiten and start_fresh(cfg):
+    if cfg.whiten:
         # 5,000 images (airbench's count) estimate the 27x27 patch covariance well; every rank
-        # draws the same ones, so the replicas start equal.
+        # draws the same ones, so the replicas start equal. A resumed run's checkpoint replaces it.
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:5000]
         set_filters = whiten_stem_(model, train_set.batch(pick))
         say(f"whiten: conv1 starts as {set_filters} patch-whitening filters")
@@ -412,11 +412,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 f"{history[-1]['val_acc']:.2f}%, training time {total:.0f}s -> {out}")
     ddp.cleanup()
     return {**(history[-1] if history else {}), "out": str(out)}
-
-
-def start_fresh(cfg: TrainConfig) -> bool:
-    """Not resuming, or resuming a run that has no checkpoint yet (it then starts over)."""
-    return not (cfg.resume and (Path(cfg.resume) / "last.state.pt").exists())
 
 
 class Lookahead:
