@@ -122,6 +122,36 @@ def test_resume_to_more_epochs_with_constant_lr(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_time_budget_schedule_warms_up_then_decays_to_zero_at_the_budget():
+    from squeezenet.train import TimeBudget
+
+    budget = TimeBudget(100.0, make_config({"epochs": 10, "warmup_epochs": 1}))  # warm-up: 10% of the time
+    at = lambda seconds: (setattr(budget, "spent", seconds), budget.factor())[1]  # noqa: E731
+    assert at(0) == 0.01 and at(5) == pytest.approx(0.5) and at(10) == pytest.approx(1.0)
+    assert at(55) == pytest.approx(0.5) and at(100) == 0.0 and at(130) == 0.0 and budget.done
+
+
+def test_time_budget_ends_the_run_and_resume_continues_the_spent_time(tmp_path, cli):
+    run = tmp_path / "run"
+    # --epochs 100 would take 20+ s: here it sets only the warm-up's share (1%)
+    code, out, err = cli("train", "--train-size", "300", "--batch-size", "45", "--time-budget", "2s",
+                         "--epochs", "100", "--out", run, "--no-progress")
+    assert code == 0, err
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    spent = sum(r["seconds"] for r in rows)
+    assert 2.0 <= spent < 5.0  # stops at the step that crosses the budget
+    assert "epoch   1  train" in out  # no "/epochs": the budget, not a count, ends the run
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["spent"] == pytest.approx(spent, abs=0.01)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # the schedule ended with the budget
+    code, out, err = cli("train", "--resume", run, "--no-progress")
+    assert code == 0 and "already spent its 2 s budget" in out, err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(rows)
+    code, out, err = cli("train", "--resume", run, "--time-budget", "3s", "--no-progress")
+    more = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert code == 0 and len(more) > len(rows) and 3.0 <= sum(r["seconds"] for r in more) < 6.0, err
+
+
 def test_outline_configuration_runs(tmp_path, cli):
     code, out, err = cli("train", "--dataset", "noise", "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
                          "--lr", "1e-3", "--train-size", "64", "--out", tmp_path / "noise", "--no-progress")
@@ -196,6 +226,8 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
     (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
+    (["--time-budget", "soon"], "expected a duration like 45m"),
+    (["--time-budget", "0"], "--time-budget must be a positive duration"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

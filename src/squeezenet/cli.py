@@ -22,6 +22,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds from '2700', '2700s', '45m' or '1.5h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 45m, 900s or 1.5h, got {text!r}") from None
+
+
 def _write_json(path: str | None, obj) -> None:
     if path:
         from .checkpoint import write_text_atomic
@@ -61,6 +71,8 @@ TRAIN_FLAGS = [
     ("--val-fraction", float, "fraction of the training data held out for validation (0.1); 0 trains on "
                               "all of it (a final fit: no per-epoch validation; the last epoch is best)"),
     ("--epochs", _positive_int, "number of epochs (total, also when resuming)"),
+    ("--time-budget", _duration, "train for this long (45m, 900s, 1.5h) instead of --epochs: the schedule "
+                                 "runs on elapsed training time and ends with the budget"),
     ("--batch-size", _positive_int, "global batch size"),
     ("--optimizer", str, "sgd (Nesterov), adam or adamw"),
     ("--lr", float, "peak learning rate"),

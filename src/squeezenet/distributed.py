@@ -78,6 +78,14 @@ class Context:
                 td.all_reduce(t)
         return summarize_confusion(confusion, loss_sum, top5)
 
+    def broadcast_float(self, value: float) -> float:
+        """Rank 0's value on every rank (so decisions made from a clock agree)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        td.broadcast(t, src=0)
+        return float(t.item())
+
     def barrier(self) -> None:
         if self.enabled:
             td.barrier()

@@ -47,6 +47,9 @@ class TrainConfig:
     image_size: int | None = None  # None: the data set's own size
     val_fraction: float = 0.1  # 0: the final fit on every training image, no validation split
     epochs: int = 10
+    # Seconds of training (eval excluded): the schedule runs on elapsed time instead of steps and the
+    # run stops when the budget is spent (TimeBudget); --epochs then sets only the warm-up's share.
+    time_budget: float | None = None
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -91,6 +94,8 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.time_budget is None or (self.time_budget > 0 and math.isfinite(self.time_budget)),
+             f"--time-budget must be a positive duration, got {self.time_budget}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
@@ -152,6 +157,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _decay(schedule: str, t: float) -> float:
+    """The schedule after the warm-up, at fraction ``t`` of the way through it."""
+    t = min(max(t, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":  # linear decay to zero after the warm-up peak
+        return 1 - t
+    if schedule == "step":  # /10 at 50% and 75%
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
     """LR multiplier per optimizer step: linear warm-up, then the schedule."""
     total = cfg.epochs * steps_per_epoch
@@ -160,16 +177,37 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        t = (step - warmup) / max(1, total - warmup)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t))
-        if cfg.schedule == "onecycle":  # linear decay to zero after the warm-up peak
-            return max(0.0, 1 - t)
-        if cfg.schedule == "step":  # /10 at 50% and 75%
-            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-        return 1.0
+        return _decay(cfg.schedule, (step - warmup) / max(1, total - warmup))
 
     return factor
+
+
+class TimeBudget:
+    """``--time-budget``: the learning-rate schedule runs on seconds of training, not steps.
+
+    Budgeted training (Li, Yumer and Ramanan, ICLR 2020): a schedule that reaches zero exactly when
+    the budget ends beats a fixed-epoch schedule cut short, and on machines whose speed drifts (these
+    shared 2-core CPUs ran the same recipe 1.6x faster one day than another) a fixed number of
+    epochs either overruns the budget or leaves part of it unused. Progress is spent / seconds; the
+    warm-up keeps the recipe's share (warmup_epochs / epochs) of it. The price: the step at which
+    each learning rate is used depends
+    on the machine's speed, so two runs are not bit-identical (resume continues the spent time).
+    """
+
+    def __init__(self, seconds: float, cfg: TrainConfig, spent: float = 0.0):
+        self.seconds, self.spent = seconds, spent
+        self.schedule = cfg.schedule
+        self.warmup = min(cfg.warmup_epochs / cfg.epochs, 0.5)
+
+    @property
+    def done(self) -> bool:
+        return self.spent >= self.seconds
+
+    def factor(self, _step: int = 0) -> float:
+        p = self.spent / self.seconds
+        if p < self.warmup:
+            return max(p / self.warmup, 0.01)  # never an all-zero first step
+        return _decay(self.schedule, (p - self.warmup) / (1 - self.warmup))
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -267,7 +305,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
            if cfg.ema else None)
     optimizer = make_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(train_loader)))
+    budget = None if cfg.time_budget is None else TimeBudget(cfg.time_budget, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, budget.factor if budget else lr_factor(cfg, len(train_loader)))
     autocast = autocast_for(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
@@ -287,7 +327,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         scaler.load_state_dict(state.get("scaler", scaler.state_dict()))
         history, start_epoch = list(state["history"]), int(state["epoch"])
         best_acc = max((h["val_acc"] for h in history if h["val_acc"] is not None), default=-1.0)
-        if start_epoch >= cfg.epochs:
+        if budget:
+            budget.spent = float(state.get("spent", sum(h["seconds"] for h in history)))
+            if budget.done:
+                say(f"{out} already spent its {cfg.time_budget:g} s budget: nothing to do "
+                    f"(pass a larger --time-budget to train longer)")
+        elif start_epoch >= cfg.epochs:
             say(f"{out} already finished {start_epoch} of {cfg.epochs} epochs: nothing to do "
                 f"(pass a larger --epochs to train longer)")
     elif (out / "last.state.pt").exists():  # every rank checks, so all stop together
@@ -318,7 +363,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             say("--val-fraction 0: no validation split, so nothing picks a best epoch; best.safetensors "
                 "is the last epoch's weights. Measure it with `squeezenet eval --split test`")
 
-    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    # With a time budget, epochs run until it is spent; --epochs sets only the warm-up's share.
+    end_epoch = cfg.epochs if budget is None else (start_epoch if budget.done else 1 << 62)
+    last_epoch = end_epoch if cfg.stop_after is None else min(end_epoch, start_epoch + cfg.stop_after)
+    of_epochs = "" if budget else f"/{cfg.epochs}"
     for epoch in range(start_epoch, last_epoch):
         # Every random draw of an epoch comes from seeds fixed by (seed, epoch): resume is exact.
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -330,8 +378,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
         lr = optimizer.param_groups[0]["lr"]
+        spent_before = budget.spent if budget else 0.0
         t0 = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}{of_epochs}", leave=False, unit="batch",
                    disable=not (main and _progress_enabled(cfg)), dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
             with autocast() if autocast else contextlib.nullcontext():
@@ -346,6 +395,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if budget:  # every rank takes rank 0's clock, so all change lr and stop at the same step
+                budget.spent = ddp.broadcast_float(spent_before + time.perf_counter() - t0)
             scheduler.step()
             if lookahead is not None:
                 lookahead.step()
@@ -357,9 +408,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if bar.disable is False and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr:.3g}")
             crash_point(f"epoch{epoch + 1}-step{step + 1}")
+            if budget and budget.done:
+                break
         if lookahead is not None:  # evaluate and checkpoint the slow weights; resume starts from them
             lookahead.sync()
         seconds = time.perf_counter() - t0
+        if budget:  # the epoch's own time, so that spent == the history's sum of seconds
+            budget.spent = ddp.broadcast_float(spent_before + seconds)
         train_loss, train_acc, seen = ddp.reduce_train(loss_sum, correct, seen)
         eval_model = ema.module if ema is not None else model
         val = None if val_loader is None else ddp.evaluate(eval_model, val_loader, len(classes),
@@ -372,7 +427,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         history.append(record)
         val_text = (f"val loss {val['loss']:.4f} top-1 {val['top1']:6.2f}% top-5 {val['top5']:6.2f}%"
                     if val else "no val split")
-        say(f"epoch {epoch + 1:>3}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
+        say(f"epoch {epoch + 1:>3}{of_epochs}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  "
             f"{val_text}  lr {lr:.3g}  {seen / seconds:,.0f} img/s  {seconds:.1f}s")
         if main:
             meta_now = {**meta, "epoch": epoch + 1, "val_acc": val["top1"] if val else None}
@@ -393,10 +448,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
             state = {"epoch": epoch + 1, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "history": history}
+            if budget:
+                state["spent"] = budget.spent
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_state(out / "last.state.pt", state)
         ddp.barrier()
+        if budget and budget.done:
+            break
 
     if main and history:
         total = sum(h["seconds"] for h in history)
