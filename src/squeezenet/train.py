@@ -190,8 +190,8 @@ class TimeBudget:
     shared 2-core CPUs ran the same recipe 1.6x faster one day than another) a fixed number of
     epochs either overruns the budget or leaves part of it unused. Progress is spent / seconds; the
     warm-up keeps the recipe's share (warmup_epochs / epochs) of it. The price: the step at which
-    each learning rate is used depends
-    on the machine's speed, so two runs are not bit-identical (resume continues the spent time).
+    each learning rate is used depends on the machine's speed, so two runs are not bit-identical
+    (resume continues the spent time).
     """
 
     def __init__(self, seconds: float, cfg: TrainConfig, spent: float = 0.0):
