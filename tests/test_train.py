@@ -174,7 +174,7 @@ def test_training_learns_a_separable_task(tmp_path, cli):
 
     write_image_folder(tmp_path / "colours", classes=("red", "green", "blue"), per_class=40, size=16)
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", tmp_path / "colours", "--image-size", "16",
-                         "--small-input", "--batch-norm", "--no-final-relu", "--epochs", "6", "--batch-size", "16",
+                         "--small-input", "--batch-norm", "--no-final-relu", "--epochs", "8", "--batch-size", "16",
                          "--lr", "0.05", "--val-fraction", "0.25", "--out", tmp_path / "run", "--no-progress")
     assert code == 0, err
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
