@@ -194,8 +194,8 @@ class TimeBudget:
     (resume continues the spent time).
     """
 
-    def __init__(self, seconds: float, cfg: TrainConfig, spent: float = 0.0):
-        self.seconds, self.spent = seconds, spent
+    def __init__(self, seconds: float, cfg: TrainConfig):
+        self.seconds, self.spent = seconds, 0.0
         self.schedule = cfg.schedule
         self.warmup = min(cfg.warmup_epochs / cfg.epochs, 0.5)
 
@@ -364,7 +364,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 "is the last epoch's weights. Measure it with `squeezenet eval --split test`")
 
     # With a time budget, epochs run until it is spent; --epochs sets only the warm-up's share.
-    end_epoch = cfg.epochs if budget is None else (start_epoch if budget.done else 1 << 62)
+    end_epoch = cfg.epochs if budget is None else (start_epoch if budget.done else sys.maxsize)
     last_epoch = end_epoch if cfg.stop_after is None else min(end_epoch, start_epoch + cfg.stop_after)
     of_epochs = "" if budget else f"/{cfg.epochs}"
     for epoch in range(start_epoch, last_epoch):
