@@ -77,6 +77,23 @@ def test_resume_gives_identical_weights(tmp_path):
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "split" / "metrics.jsonl")
 
 
+def test_split_seed_holds_the_validation_split_while_seed_varies(tmp_path):
+    from squeezenet.data import load_eval_split
+
+    base = {"epochs": 1, "train_size": 150, "batch_size": 50, "progress": False}
+    runs = {"a": {"seed": 1, "split_seed": 5}, "b": {"seed": 2, "split_seed": 5}, "c": {"seed": 1}}
+    val, meta = {}, {}
+    for name, seeds in runs.items():
+        train(make_config({**base, **seeds, "out": str(tmp_path / name)}), log=QUIET)
+        meta[name] = read_metadata(tmp_path / name)
+        val[name] = load_eval_split(meta[name], None, None, "val")[0].images
+    assert (meta["a"]["split_seed"], meta["b"]["split_seed"], meta["c"]["split_seed"]) == (5, 5, 1)
+    assert torch.equal(val["a"], val["b"])  # one split for both seeds
+    assert not torch.equal(val["a"], val["c"])  # by default the split follows --seed
+    a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the seeds still differ in everything else
+
+
 def test_resume_is_exact_with_lookahead_whitening_and_alternating_flip(tmp_path):
     base = {"epochs": 3, "train_size": 200, "batch_size": 45, "progress": False, "lookahead": 3,
             "whiten": True, "alternate_flip": True}

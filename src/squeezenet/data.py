@@ -636,6 +636,10 @@ def load_image_files(paths, image_size: int, channels: int) -> tuple[torch.Tenso
     return torch.from_numpy(np.stack(arrays)), [str(p) for p in paths]
 
 
+def split_seed(meta: dict) -> int:
+    """The seed a checkpoint's train/val split was carved with (older checkpoints: its --seed)."""
+    return meta.get("split_seed", meta.get("seed", 0))
+
 
 def load_eval_split(meta: dict, dataset: str | None, data_dir: str | None, split: str,
                     batch_size: int = 256):
@@ -646,14 +650,14 @@ def load_eval_split(meta: dict, dataset: str | None, data_dir: str | None, split
     pre = meta["preprocess"]
     channels = pre["in_channels"]
     if split == "val":
-        full = load_dataset(dataset, "train", data_dir, pre["image_size"], seed=meta.get("seed", 0),
+        full = load_dataset(dataset, "train", data_dir, pre["image_size"], seed=split_seed(meta),
                             channels=channels, size=meta.get("train_size"))
-        _, data = train_val_split(full, meta.get("val_fraction", 0.1), meta.get("seed", 0))
+        _, data = train_val_split(full, meta.get("val_fraction", 0.1), split_seed(meta))
         if data is None:
             raise SqueezeNetError("this model trained on all of its training data (--val-fraction 0), "
                                   "so it has no validation split: use --split test")
     else:
-        data = load_dataset(dataset, "test", data_dir, pre["image_size"], seed=meta.get("seed", 0),
+        data = load_dataset(dataset, "test", data_dir, pre["image_size"], seed=split_seed(meta),
                             channels=channels)
     if data.channels != channels:
         raise SqueezeNetError(f"the checkpoint expects {channels}-channel images, the data has "

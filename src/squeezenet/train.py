@@ -84,6 +84,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 where the GPU/CPU has it natively), bf16, fp16, off
     channels_last: bool = True
     seed: int = 0
+    # which images are train and which val (and --train-size's subset); None: --seed. Fixing it
+    # while varying --seed compares runs on one validation split, init and order noise only.
+    split_seed: int | None = None
     out: str | None = None
     resume: str | None = None
     stop_after: int | None = None  # end this invocation after N epochs (resume later)
@@ -256,9 +259,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
 
     # ---- data: train/val carved from the training split; the test split is eval's alone
-    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.image_size, seed=cfg.seed,
+    data_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.image_size, seed=data_seed,
                         strict=cfg.strict, size=cfg.train_size)
-    train_set, val_set = train_val_split(full, cfg.val_fraction, cfg.seed)
+    train_set, val_set = train_val_split(full, cfg.val_fraction, data_seed)
     classes = full.classes
     augment = DEFAULT_AUGMENT[cfg.dataset] if cfg.augment == "auto" else cfg.augment
     per_rank_batch = ddp.local_batch(cfg.batch_size)
@@ -350,8 +354,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                            "mean": list(full.mean), "std": list(full.std),
                            "resize": "shorter side to image_size, centre crop"},
             "dataset": cfg.dataset, "data_dir": cfg.data_dir, "seed": cfg.seed,
-            "val_fraction": cfg.val_fraction, "train_size": cfg.train_size, "tta": cfg.tta,
-            "tta_shift": cfg.tta_shift,
+            "split_seed": data_seed, "val_fraction": cfg.val_fraction, "train_size": cfg.train_size,
+            "tta": cfg.tta, "tta_shift": cfg.tta_shift,
             "augment": augment}
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
