@@ -64,16 +64,14 @@ def apply_masks(model: nn.Module, masks: dict) -> None:
 def training_batches(meta: dict, batch_size: int = 128):
     """An endless stream of augmented batches from the checkpoint's own training split (the
     validation and test images stay unseen)."""
-    from .data import Loader, load_dataset, split_seed, train_val_split
+    from .data import Loader, checkpoint_splits
     from .train import DEFAULT_AUGMENT
 
     pre = meta["preprocess"]
     try:
-        full = load_dataset(meta["dataset"], "train", meta.get("data_dir"), pre["image_size"],
-                            seed=split_seed(meta), channels=pre["in_channels"], size=meta.get("train_size"))
+        train_set, _ = checkpoint_splits(meta)
     except SqueezeNetError as e:
         raise SqueezeNetError(f"fine-tuning needs the checkpoint's training data ({meta['dataset']}): {e}") from None
-    train_set, _ = train_val_split(full, meta.get("val_fraction", 0.1), split_seed(meta))
     train_set.mean, train_set.std = tuple(pre["mean"]), tuple(pre["std"])
     # Retrain under the augmentation the model was trained with (e.g. the fashion-mnist recipe's
     # flip only: pad-and-crop there cost the compressed model accuracy).

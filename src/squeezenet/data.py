@@ -641,6 +641,17 @@ def split_seed(meta: dict) -> int:
     return meta.get("split_seed", meta.get("seed", 0))
 
 
+def checkpoint_splits(meta: dict, dataset: str | None = None, data_dir: str | None = None):
+    """(train, val) as the checkpoint's run carved them: same data set, subset, fraction and seed,
+    at its input size and channels. ``val`` is None after a final fit (--val-fraction 0).
+    ``dataset`` and ``data_dir`` (eval's, already resolved) replace the checkpoint's own."""
+    pre = meta["preprocess"]
+    full = load_dataset(dataset or meta["dataset"], "train", data_dir if dataset else meta.get("data_dir"),
+                        pre["image_size"], seed=split_seed(meta), channels=pre["in_channels"],
+                        size=meta.get("train_size"))
+    return train_val_split(full, meta.get("val_fraction", 0.1), split_seed(meta))
+
+
 def load_eval_split(meta: dict, dataset: str | None, data_dir: str | None, split: str,
                     batch_size: int = 256):
     """The data a checkpoint is evaluated on, preprocessed as it was trained (size, channels,
@@ -650,9 +661,7 @@ def load_eval_split(meta: dict, dataset: str | None, data_dir: str | None, split
     pre = meta["preprocess"]
     channels = pre["in_channels"]
     if split == "val":
-        full = load_dataset(dataset, "train", data_dir, pre["image_size"], seed=split_seed(meta),
-                            channels=channels, size=meta.get("train_size"))
-        _, data = train_val_split(full, meta.get("val_fraction", 0.1), split_seed(meta))
+        _, data = checkpoint_splits(meta, dataset, data_dir)
         if data is None:
             raise SqueezeNetError("this model trained on all of its training data (--val-fraction 0), "
                                   "so it has no validation split: use --split test")

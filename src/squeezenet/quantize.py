@@ -24,7 +24,7 @@ NUM_CALIB = 256  # images; MinMax ranges settle well before this on 10-class set
 def training_images(meta: dict, calib_data=None, n: int = NUM_CALIB, seed: int = 0) -> torch.Tensor:
     """``n`` normalised images the checkpoint was trained on (its training split, never the
     validation or test images), or from the folder ``calib_data``."""
-    from .data import load_dataset, load_folder, split_seed, train_val_split
+    from .data import checkpoint_splits, load_folder
 
     pre = meta["preprocess"]
     try:
@@ -33,10 +33,7 @@ def training_images(meta: dict, calib_data=None, n: int = NUM_CALIB, seed: int =
                 raise SqueezeNetError(f"{calib_data} is not a directory")
             data = load_folder(calib_data, pre["image_size"], channels=pre["in_channels"])
         else:
-            full = load_dataset(meta["dataset"], "train", meta.get("data_dir"), pre["image_size"],
-                                seed=split_seed(meta), channels=pre["in_channels"],
-                                size=meta.get("train_size"))
-            data, _ = train_val_split(full, meta.get("val_fraction", 0.1), split_seed(meta))
+            data, _ = checkpoint_splits(meta)
     except SqueezeNetError as e:
         source = f"--calib-data {calib_data}" if calib_data is not None else \
             f"the checkpoint's training data ({meta['dataset']}, data dir {meta.get('data_dir')})"
