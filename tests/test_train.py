@@ -238,6 +238,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--arch", "resnet"], "unknown architecture 'resnet'"),
     (["--epochs", "ten"], "expected a whole number"),
     (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
+    (["--split-seed", "x"], "argument --split-seed: invalid int value"),
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
