@@ -131,6 +131,23 @@ def test_squeeze_ratio_resizes_only_the_squeeze_layers():
         create_model("squeezenet1_1", squeeze_ratio=0)
 
 
+def test_pool_after_moves_the_downsampling_and_keeps_the_weights():
+    late = create_model("squeezenet1_1", num_classes=10, in_channels=1, small_input=True, batch_norm=True,
+                        bypass="simple", pool_after=("conv1", "fire3", "fire7"))
+    base = create_model("squeezenet1_1", num_classes=10, in_channels=1, small_input=True, batch_norm=True,
+                        bypass="simple")
+    assert n_params(late) == n_params(base)  # pools have no weights: checkpoints stay interchangeable
+    sizes, x = {}, torch.randn(1, 1, 28, 28)
+    for m in late.features:
+        x = m(x)
+        if hasattr(m, "squeeze"):
+            sizes[len(sizes) + 2] = x.shape[-1]
+    assert sizes == {2: 14, 3: 14, 4: 7, 5: 7, 6: 7, 7: 7, 8: 3, 9: 3}  # fire6-7 at 7x7, not 3x3
+    assert late(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(SqueezeNetError, match="cannot pool after fire10"):
+        create_model("squeezenet1_1", pool_after=("conv1", "fire10"))
+
+
 def test_registry():
     assert {"squeezenet1_0", "squeezenet1_1", "squeezenet_meta"} <= set(list_models())
     with pytest.raises(SqueezeNetError, match="squeezenet1_0, squeezenet1_1"):

@@ -77,6 +77,25 @@ def test_resume_gives_identical_weights(tmp_path):
     assert strip(tmp_path / "straight" / "metrics.jsonl") == strip(tmp_path / "split" / "metrics.jsonl")
 
 
+def test_ema_warms_up_instead_of_keeping_the_first_steps_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    from squeezenet.train import ema_with_warmup
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    torch.nn.init.zeros_(net[0].weight)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema.update_parameters(net)  # the first update copies: the average starts at the step-1 weights (0)
+    torch.nn.init.ones_(net[0].weight)
+    net[1].num_batches_tracked += 100
+    for _ in range(100):
+        ema.update_parameters(net)
+    # A fixed 0.999 would still hold 0.999**100 = 90% of the zeros (0.095); the warm-up's decay
+    # starts at 0.1 and is 0.92 by step 100: the first step's weights keep under 10%.
+    assert 0.9 < ema.module[0].weight.mean().item() < 1.0
+    assert int(ema.module[1].num_batches_tracked) == 100
+
+
 def test_split_seed_holds_the_validation_split_while_seed_varies(tmp_path):
     from squeezenet.data import load_eval_split
 
@@ -179,11 +198,16 @@ def test_outline_configuration_runs(tmp_path, cli):
 def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
-                         "--squeeze-ratio", "0.25", "--out", tmp_path / "run", "--no-progress")
+                         "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4", "--out", tmp_path / "run",
+                         "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")
     assert meta["class_names"] == ["cat", "dog"] and model.num_classes == 2
     assert meta["model_kwargs"]["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
+    assert meta["model_kwargs"]["pool_after"] == ["conv1", "fire4"]
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+    assert [type(model.features[i - 1]).__name__ for i in pools] == ["ReLU", "Fire"]
+    assert model.features[pools[1] - 1] is [m for m in model.features if hasattr(m, "squeeze")][2]  # fire4
 
 
 def test_training_learns_a_separable_task(tmp_path, cli):
@@ -240,6 +264,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--tta-shift", "5"], "--tta-shift must be 0 to 4 pixels"),
     (["--split-seed", "x"], "argument --split-seed: invalid int value"),
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
+    (["--pool-after", "conv1,fire10"], "--pool-after names layers from conv1, fire2 ... fire9"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
