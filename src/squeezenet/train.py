@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from .checkpoint import crash_point, load_state, save_checkpoint, save_state, wr
 from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
 from .evaluate import MAX_TTA_SHIFT
-from .model import whiten_stem_
+from .model import FIRES, whiten_stem_
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
 from .zoo import create_model, list_models, load_torchvision_weights, load_weights
@@ -116,8 +115,7 @@ class TrainConfig:
              f"--squeeze-ratio must be in (0, 1], got {self.squeeze_ratio}"),
             (0 <= self.tta_shift <= MAX_TTA_SHIFT,
              f"--tta-shift must be 0 to {MAX_TTA_SHIFT} pixels, got {self.tta_shift}"),
-            (self.pool_after is None or all(re.fullmatch(r"conv1|fire[2-9]", n)
-                                            for n in pool_layers(self.pool_after)),
+            (self.pool_after is None or set(pool_layers(self.pool_after)) <= POOLABLE,
              f"--pool-after names layers from conv1, fire2 ... fire9 (e.g. conv1,fire3,fire7), "
              f"got {self.pool_after!r}"),
             (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
@@ -134,6 +132,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+
+POOLABLE = {"conv1", *(name for name, *_ in FIRES)}  # every architecture names its layers as v1.0 does
 
 
 def pool_layers(text: str) -> list[str]:
