@@ -148,6 +148,19 @@ def test_pool_after_moves_the_downsampling_and_keeps_the_weights():
         create_model("squeezenet1_1", pool_after=("conv1", "fire10"))
 
 
+def test_stem_channels_resize_conv1_and_fire2_input_only():
+    kw = dict(num_classes=10, in_channels=1, small_input=True, batch_norm=True, bypass="simple")
+    base, thin = create_model("squeezenet1_1", **kw), create_model("squeezenet1_1", stem_channels=32, **kw)
+    assert base.features[0].out_channels == 64 and thin.features[0].out_channels == 32
+    assert thin.features[1].num_features == 32 and thin.features[4].squeeze.in_channels == 32
+    # conv1 (9 weights per filter, 1 channel), its BN (2) and fire2's squeeze (16 per channel)
+    assert n_params(base) - n_params(thin) == 32 * (9 + 2 + 16)
+    assert thin(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert create_model("squeezenet1_0", stem_channels=48).features[0].out_channels == 48
+    with pytest.raises(SqueezeNetError, match="stem_channels must be at least 1"):
+        create_model("squeezenet1_1", stem_channels=0)
+
+
 def test_registry():
     assert {"squeezenet1_0", "squeezenet1_1", "squeezenet_meta"} <= set(list_models())
     with pytest.raises(SqueezeNetError, match="squeezenet1_0, squeezenet1_1"):

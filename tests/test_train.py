@@ -198,13 +198,15 @@ def test_outline_configuration_runs(tmp_path, cli):
 def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
-                         "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4", "--out", tmp_path / "run",
+                         "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4", "--stem-channels", "24",
+                         "--out", tmp_path / "run",
                          "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")
     assert meta["class_names"] == ["cat", "dog"] and model.num_classes == 2
     assert meta["model_kwargs"]["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
     assert meta["model_kwargs"]["pool_after"] == ["conv1", "fire4"]
+    assert meta["model_kwargs"]["stem_channels"] == 24 and model.features[0].out_channels == 24
     pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
     assert [type(model.features[i - 1]).__name__ for i in pools] == ["ReLU", "Fire"]
     assert model.features[pools[1] - 1] is [m for m in model.features if hasattr(m, "squeeze")][2]  # fire4
@@ -265,6 +267,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--split-seed", "x"], "argument --split-seed: invalid int value"),
     (["--squeeze-ratio", "1.5"], "--squeeze-ratio must be in (0, 1]"),
     (["--pool-after", "conv1,fire10"], "--pool-after names layers from conv1, fire2 ... fire9"),
+    (["--stem-channels", "0"], "--stem-channels must be at least 1"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),

@@ -92,6 +92,7 @@ TRAIN_FLAGS = [
     ("--squeeze-ratio", float, "the paper's SR: squeeze channels / expand channels (0.125 in v1.0 and v1.1)"),
     ("--pool-after", str, "the layers the 3x3/2 max-pools follow, e.g. conv1,fire3,fire7 (default: "
                           "the version's: conv1,fire3,fire5 in v1.1, conv1,fire4,fire8 in v1.0)"),
+    ("--stem-channels", int, "conv1's filters (default: the version's, 64 in v1.1, 96 in v1.0)"),
     ("--weights", str, "initial weights: a .pth/.safetensors file, or 'torchvision' (download)"),
     ("--device", str, "auto, cpu or cuda"),
     ("--amp", str, "mixed precision: auto (bf16 where the GPU or CPU has it natively), bf16, fp16 or off"),

@@ -273,16 +273,19 @@ def squeezenet_meta(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, f
 
 
 def _from_version(name: str, squeeze_ratio: float | None = None, pool_after=None,
-                  **kwargs) -> SqueezeNet:
+                  stem_channels: int | None = None, **kwargs) -> SqueezeNet:
     """``squeeze_ratio`` (the paper's SR, section 5.1; 0.125 in v1.0 and v1.1) resizes every
     squeeze layer to SR x the module's expand channels, keeping the expand layers.
     ``pool_after`` moves the 3x3/2 max-pools (layer names, e.g. ``("conv1", "fire3", "fire7")``):
-    the paper's strategy 3, downsample late, traded against computation as v1.0 and v1.1 trade it."""
+    the paper's strategy 3, downsample late, traded against computation as v1.0 and v1.1 trade it.
+    ``stem_channels`` sets conv1's filters (96 in v1.0, 64 in v1.1)."""
     v = VERSIONS[name]
     fires = kwargs.pop("fires", FIRES)
     if squeeze_ratio is not None:
         if not 0 < squeeze_ratio <= 1:
             raise SqueezeNetError(f"squeeze_ratio must be in (0, 1], got {squeeze_ratio}")
         fires = [(n, max(1, round(squeeze_ratio * (e1 + e3))), e1, e3) for n, _, e1, e3 in fires]
-    return SqueezeNet(fires=fires, stem_channels=v.stem_channels, stem_kernel=v.stem_kernel,
+    if stem_channels is not None and stem_channels < 1:
+        raise SqueezeNetError(f"stem_channels must be at least 1, got {stem_channels}")
+    return SqueezeNet(fires=fires, stem_channels=stem_channels or v.stem_channels, stem_kernel=v.stem_kernel,
                       pool_after=v.pool_after if pool_after is None else tuple(pool_after), **kwargs)

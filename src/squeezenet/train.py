@@ -79,6 +79,7 @@ class TrainConfig:
     dropout: float = 0.5
     squeeze_ratio: float | None = None  # the paper's SR (0.125 in v1.0/v1.1): squeeze width / expand width
     pool_after: str | None = None  # comma-separated layers the max-pools follow (None: the version's)
+    stem_channels: int | None = None  # conv1 filters (None: the version's, 64 in v1.1)
     weights: str | None = None  # initial weights (.pth/.safetensors, or "torchvision") for fine-tuning
     # machinery
     device: str = "auto"
@@ -118,6 +119,8 @@ class TrainConfig:
             (self.pool_after is None or set(pool_layers(self.pool_after)) <= POOLABLE,
              f"--pool-after names layers from conv1, fire2 ... fire9 (e.g. conv1,fire3,fire7), "
              f"got {self.pool_after!r}"),
+            (self.stem_channels is None or self.stem_channels >= 1,
+             f"--stem-channels must be at least 1, got {self.stem_channels}"),
             (self.image_size is None or self.image_size >= 1, "--image-size must be positive"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
@@ -317,6 +320,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model_kwargs["squeeze_ratio"] = cfg.squeeze_ratio
     if cfg.pool_after is not None:
         model_kwargs["pool_after"] = pool_layers(cfg.pool_after)
+    if cfg.stem_channels is not None:
+        model_kwargs["stem_channels"] = cfg.stem_channels
     model = create_model(cfg.arch, **model_kwargs)
     if cfg.weights:
         report = (load_torchvision_weights(model, cfg.arch) if cfg.weights == "torchvision"
