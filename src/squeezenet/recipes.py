@@ -57,8 +57,9 @@ RECIPES: dict[str, dict] = {
         # 88.96% vs 88.36% (6 views), 88.76% vs 87.72% (flip), in 54 epochs' worth instead of 71.
         # On Fashion-MNIST the same move is worth nothing (+0.20 and -0.04 val on one split).
         pool_after="conv1,fire3,fire7",
-        # 32 conv1 filters instead of 64 (--stem-channels 32) bought 12% more epochs in the same
-        # budget and lost on val: 88.64% vs 88.96% (6 views; cifar10_budget_stem32_*.json).
+        # 32 conv1 filters instead of 64 (--stem-channels 32): 60 epochs' worth instead of 54 in
+        # the same budget (on another day), and val lost: 88.64% vs 88.96% (6 views;
+        # cifar10_budget_stem32_*.json).
     ),
     # Any folder of images (the ImageNet layout): faithful v1.1 at 224 px.
     "folder": dict(
