@@ -15,14 +15,16 @@ import json
 import os
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from squeezenet import create_model
-from squeezenet.train import autocast_for, make_config, make_optimizer, pool_layers
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import timed_steps  # noqa: E402
+
+from squeezenet import create_model  # noqa: E402
+from squeezenet.train import autocast_for, make_config, make_optimizer, pool_layers  # noqa: E402
 
 SHAPES = {"cifar10": (3, 32), "fashion-mnist": (1, 28)}
 
@@ -37,17 +39,8 @@ def steps_per_s(cfg, stem: int, steps: int, warmup: int = 3) -> float:
     model = create_model(cfg.arch, **kwargs).to(memory_format=torch.channels_last).train()
     opt = make_optimizer(cfg, model)
     x = torch.randn(cfg.batch_size, channels, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (cfg.batch_size,))
     autocast = autocast_for(cfg, torch.device("cpu")) or contextlib.nullcontext
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        with autocast():
-            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return steps * cfg.batch_size / (time.perf_counter() - t0)
+    return timed_steps(model, opt, x, cfg.label_smoothing, steps, warmup, autocast)
 
 
 def main():

@@ -9,6 +9,7 @@
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,15 +36,22 @@ def step_only(cfg, steps: int = 12, warmup: int = 3) -> float:
     model = model.to(memory_format=torch.channels_last).train()
     opt = make_optimizer(cfg, model)
     x = torch.randn(cfg.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (cfg.batch_size,))
+    return timed_steps(model, opt, x, cfg.label_smoothing, steps, warmup)
+
+
+def timed_steps(model, opt, x: torch.Tensor, label_smoothing: float, steps: int, warmup: int,
+                autocast=contextlib.nullcontext) -> float:
+    """Images/s of ``steps`` training steps on the one batch ``x`` (random labels), after ``warmup``."""
+    y = torch.randint(0, 10, (len(x),))
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        with autocast():
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps * cfg.batch_size / (time.perf_counter() - t0)
+    return steps * len(x) / (time.perf_counter() - t0)
 
 
 def main():

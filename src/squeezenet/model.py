@@ -120,6 +120,8 @@ class SqueezeNet(nn.Module):
             raise SqueezeNetError(f"unknown bypass {bypass!r}: choose one of {', '.join(BYPASS_MODES)}")
         if num_classes < 1 or in_channels < 1:
             raise SqueezeNetError("num_classes and in_channels must be at least 1")
+        if stem_channels < 1:
+            raise SqueezeNetError(f"stem_channels must be at least 1, got {stem_channels}")
         unknown = sorted(set(pool_after) - {"conv1", *(name for name, *_ in fires)})
         if unknown:
             raise SqueezeNetError(
@@ -285,7 +287,6 @@ def _from_version(name: str, squeeze_ratio: float | None = None, pool_after=None
         if not 0 < squeeze_ratio <= 1:
             raise SqueezeNetError(f"squeeze_ratio must be in (0, 1], got {squeeze_ratio}")
         fires = [(n, max(1, round(squeeze_ratio * (e1 + e3))), e1, e3) for n, _, e1, e3 in fires]
-    if stem_channels is not None and stem_channels < 1:
-        raise SqueezeNetError(f"stem_channels must be at least 1, got {stem_channels}")
-    return SqueezeNet(fires=fires, stem_channels=stem_channels or v.stem_channels, stem_kernel=v.stem_kernel,
+    stem_channels = v.stem_channels if stem_channels is None else stem_channels
+    return SqueezeNet(fires=fires, stem_channels=stem_channels, stem_kernel=v.stem_kernel,
                       pool_after=v.pool_after if pool_after is None else tuple(pool_after), **kwargs)
