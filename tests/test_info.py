@@ -34,3 +34,12 @@ def test_info_below_minimum_names_minimum(cli):
 def test_module_entry_point_without_traceback():
     r = subprocess.run([sys.executable, "-m", "squeezenet", "info", "nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown architecture" in r.stderr
+
+
+def test_reader_closing_the_pipe_early_is_not_a_crash(tmp_path):
+    # `squeezenet info ... | head -1`: the results file is still written, and no traceback.
+    out = tmp_path / "info.json"
+    r = subprocess.run(f"{sys.executable} -m squeezenet info squeezenet1_0 --json {out} | head -c 1",
+                       shell=True, capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and "Error" not in r.stderr
+    assert json.loads(out.read_text())["macs"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -54,8 +55,8 @@ def cmd_info(args) -> int:
         raise UsageError(f"--input-size {args.input_size} is below {args.arch}'s minimum input size "
                          f"{model.min_input_size}")
     text, summary = format_info(args.arch, model, args.input_size)
-    print(text)
     _write_json(args.json, summary)
+    print(text)
     return 0
 
 
@@ -145,6 +146,8 @@ def cmd_eval(args) -> int:
     shift = shift if tta else 0
     result = evaluate(model, loader, len(meta["class_names"]), tta=tta, shift=shift)
     classes = meta["class_names"]
+    _write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "tta": tta,
+                            "tta_shift": shift, "classes": classes, **result})
     views = (f", flip + {shift} px shift TTA (6 views)" if shift else ", flip TTA") if tta else ""
     print(f"{args.checkpoint}: {meta['arch']} on {args.dataset or meta['dataset']} {args.split} "
           f"({result['count']:,} images{views})")
@@ -156,9 +159,6 @@ def cmd_eval(args) -> int:
         print("confusion matrix (rows: true, columns: predicted):")
         for row in result["confusion"]:
             print("  " + " ".join(f"{v:>5}" for v in row))
-    _write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "tta": tta,
-                            "tta_shift": shift,
-                            "classes": classes, **result})
     return 0
 
 
@@ -166,11 +166,11 @@ def cmd_predict(args) -> int:
     from .predict import predict_files
 
     results, runtime = predict_files(args.checkpoint, args.images, args.top_k, args.runtime)
+    _write_json(args.json, {"runtime": runtime, "predictions": results})
     for r in results:
         best = ", ".join(f"{p['label']} {p['probability'] * 100:.1f}%" for p in r["top"])
         print(f"{r['image']}: {best}")
     print(f"(runtime: {runtime})", file=sys.stderr)
-    _write_json(args.json, {"runtime": runtime, "predictions": results})
     return 0
 
 
@@ -180,10 +180,10 @@ def cmd_export(args) -> int:
     from .export import export
 
     r = export(args.checkpoint, args.format, args.out, args.opset, args.dynamic_batch)
+    _write_json(args.json, r)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB, {r['format']}"
           f"{', opset ' + str(r['opset']) if r['opset'] else ''}); checked against PyTorch on "
           f"{r['checked_on']} images: max abs diff {r['max_abs_diff']:.2e}")
-    _write_json(args.json, r)
     return 0
 
 
@@ -191,13 +191,13 @@ def cmd_quantize(args) -> int:
     from .quantize import quantize
 
     r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds)
+    _write_json(args.json, r)
     print(f"wrote {r['out']}: int8 {r['bytes_int8'] / 1e6:.2f} MB vs fp32 {r['bytes_fp32'] / 1e6:.2f} MB "
           f"({r['calibration_images']} calibration images)")
     print(f"top-1 on {r['split']} ({r['eval_count']:,} images): fp32 {r['top1_fp32']:.2f}%  "
           f"int8 {r['top1_int8']:.2f}%  (drop {r['top1_drop']:+.2f} points)")
     print(f"onnxruntime batch {r['batch']}: fp32 {r['images_per_s_fp32']:,.0f} img/s  "
           f"int8 {r['images_per_s_int8']:,.0f} img/s  ({r['speedup']:.2f}x)")
-    _write_json(args.json, r)
     return 0
 
 
@@ -205,12 +205,12 @@ def cmd_compress(args) -> int:
     from .compress import compress
 
     r = compress(args.checkpoint, args.sparsity, args.bits, args.steps, args.out, args.split)
+    _write_json(args.json, r)
     print(f"wrote {r['out']}: {r['bytes_compressed'] / 1e6:.3f} MB vs {r['bytes_fp32'] / 1e6:.3f} MB "
           f"fp32 safetensors ({1 / r['size_ratio']:.1f}x smaller; {r['sparsity']:.1%} of conv weights "
           f"pruned, {r['bits']}-bit shared weights)")
     print(f"top-1 on {r['split']} ({r['eval_count']:,} images): before {r['top1_before']:.2f}%  pruned "
           f"{r['top1_pruned_fp32']:.2f}%  compressed {r['top1_after']:.2f}%  (drop {r['top1_drop']:+.2f})")
-    _write_json(args.json, r)
     return 0
 
 
@@ -349,6 +349,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left early (`squeezenet eval ... | head`): stop quietly, as Unix tools do.
+        # Results files (--json) were written before printing. Stdout goes to /dev/null so that
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
