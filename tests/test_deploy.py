@@ -184,6 +184,17 @@ def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
         assert torch.equal(a, b), name
 
 
+def test_compress_finetunes_with_the_checkpoints_augmentation(ckpt, monkeypatch):
+    from squeezenet import compress, data
+    from squeezenet.checkpoint import load_checkpoint
+
+    seen, real = {}, data.Loader
+    monkeypatch.setattr(data, "Loader", lambda *a, **k: seen.update(k) or real(*a, **k))
+    _, meta = load_checkpoint(ckpt)
+    next(compress.training_batches({**meta, "augment": "crop", "crop_pad": 1}, batch_size=4))
+    assert seen["augment"] == "crop" and seen["crop_pad"] == 1
+
+
 def test_compress_bad_sparsity(cli, ckpt, tmp_path):
     rc, _, err = cli("compress", ckpt, "--sparsity", "1.5", "--out", tmp_path / "m.sqz")
     assert rc == 2 and "--sparsity" in err and not (tmp_path / "m.sqz").exists()

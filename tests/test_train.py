@@ -199,7 +199,7 @@ def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
                          "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4", "--stem-channels", "24",
-                         "--out", tmp_path / "run",
+                         "--augment", "crop", "--crop-pad", "3", "--out", tmp_path / "run",
                          "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")
@@ -207,6 +207,7 @@ def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     assert meta["model_kwargs"]["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
     assert meta["model_kwargs"]["pool_after"] == ["conv1", "fire4"]
     assert meta["model_kwargs"]["stem_channels"] == 24 and model.features[0].out_channels == 24
+    assert meta["augment"] == "crop" and meta["crop_pad"] == 3  # compress fine-tunes with them
     pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
     assert [type(model.features[i - 1]).__name__ for i in pools] == ["ReLU", "Fire"]
     assert model.features[pools[1] - 1] is [m for m in model.features if hasattr(m, "squeeze")][2]  # fire4

@@ -395,7 +395,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "dataset": cfg.dataset, "data_dir": cfg.data_dir, "seed": cfg.seed,
             "split_seed": data_seed, "val_fraction": cfg.val_fraction, "train_size": cfg.train_size,
             "tta": cfg.tta, "tta_shift": cfg.tta_shift,
-            "augment": augment}
+            "augment": augment, "crop_pad": cfg.crop_pad}
     params = sum(p.numel() for p in model.parameters())
     if start_epoch == 0:
         say(f"{cfg.arch}: {params:,} parameters | {cfg.dataset}: {len(train_set):,} train / "
