@@ -263,11 +263,12 @@ def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000
         raise UsageError(f"--bits must be 1..8, got {bits}")
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path)
-    config = path.parent / "config.json"  # checkpoints written before "augment" joined the metadata
-    if "augment" not in meta and config.is_file():
+    # Checkpoints written before "augment" or "crop_pad" joined the metadata: each missing key
+    # from the run's config.json (most runs have "augment" but not yet "crop_pad").
+    config, missing = path.parent / "config.json", {"augment", "crop_pad"} - meta.keys()
+    if missing and config.is_file():
         saved = json.loads(config.read_text())
-        if saved.get("augment") and saved["augment"] != "auto":
-            meta = {**meta, "augment": saved["augment"], "crop_pad": saved.get("crop_pad")}
+        meta = {**{k: saved[k] for k in missing if saved.get(k) not in (None, "auto")}, **meta}
     _, loader = load_eval_split(meta, None, None, split)
     classes = len(meta["class_names"])
     before = evaluate(model, loader, classes)["top1"]
