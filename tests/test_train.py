@@ -188,6 +188,32 @@ def test_time_budget_ends_the_run_and_resume_continues_the_spent_time(tmp_path, 
     assert code == 0 and len(more) > len(rows) and 3.0 <= sum(r["seconds"] for r in more) < 6.0, err
 
 
+def test_progressive_size_grows_from_the_scale_to_full_size_then_holds_it():
+    from squeezenet.train import progressive_size
+
+    sizes = [progressive_size(32, t / 10, 0.75, 0.2, smallest=9) for t in range(11)]
+    assert sizes[0] == 24 and sizes[-3:] == [32, 32, 32]  # full size for the last 20%
+    assert sizes == sorted(sizes) and all(s % 2 == 0 for s in sizes)
+    assert progressive_size(32, 0.0, 0.1, 0.2, smallest=9) == 9  # never below what the net accepts
+    assert progressive_size(32, 0.0, 1.0, 0.2) == 32  # 1: off
+    assert progressive_size(32, 0.5, 0.5, 1.0) == 32  # finetune 1: the whole run at full size
+
+
+def test_progressive_resizing_trains_on_smaller_images_then_full_size(tmp_path, monkeypatch):
+    import squeezenet.train as training
+
+    seen = []
+    real = training.resize_batch
+    monkeypatch.setattr(training, "resize_batch",
+                        lambda x, size, fmt: seen.append(size) or real(x, size, fmt))
+    cfg = make_config({"epochs": 4, "train_size": 200, "batch_size": 50, "progress": False,
+                       "progressive_resize": 0.5, "resize_finetune": 0.5, "out": str(tmp_path / "run")})
+    train(cfg, log=QUIET)
+    assert seen[0] == 16 and seen[-1] == 32 and seen == sorted(seen)  # shapes is 32 px
+    assert seen.count(32) == len(seen) // 2  # the second half of the steps at full size
+    assert read_metadata(tmp_path / "run")["preprocess"]["image_size"] == 32  # eval: full size
+
+
 def test_outline_configuration_runs(tmp_path, cli):
     code, out, err = cli("train", "--dataset", "noise", "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
                          "--lr", "1e-3", "--train-size", "64", "--out", tmp_path / "noise", "--no-progress")
@@ -275,6 +301,8 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
     (["--time-budget", "soon"], "expected a duration like 45m"),
     (["--time-budget", "0"], "--time-budget must be a positive duration"),
+    (["--progressive-resize", "0"], "--progressive-resize must be a starting scale in (0, 1]"),
+    (["--resize-finetune", "1.5"], "--resize-finetune must be a fraction in [0, 1]"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

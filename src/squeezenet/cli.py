@@ -87,6 +87,9 @@ TRAIN_FLAGS = [
     ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
     ("--lookahead", int, "Lookahead: every N steps pull the weights halfway back to the slow weights (0 = off)"),
     ("--crop-pad", int, "pad-and-crop shift in pixels for --augment crop (default: 1/8 of the image, 4 at 32 px)"),
+    ("--progressive-resize", float, "progressive resizing: training images start at this fraction of their "
+                                    "side and grow to full size (1 = off)"),
+    ("--resize-finetune", float, "with --progressive-resize, the final fraction of training at full size (0.2)"),
     ("--erase", float, "random erasing: probability per training image of noise over a random rectangle (0 = off)"),
     ("--bypass", str, "none, simple or complex (paper section 6)"),
     ("--dropout", float, "dropout before conv10 (0.5)"),

@@ -66,7 +66,9 @@ RECIPES: dict[str, dict] = {
         # 32 conv1 filters instead of 64 (--stem-channels 32): 60 epochs' worth instead of 54 in
         # the same budget (on another day), and val lost: 88.64% vs 88.96% (6 views;
         # cifar10_budget_stem32_*.json). The last pool after fire8 instead (fire8 at 8x8 too, about
-        # 0.8x the speed) lost more: 87.72% val (cifar10_budget_pool8_*.json).
+        # 0.8x the speed) lost more: 87.72% val (cifar10_budget_pool8_*.json). Progressive resizing
+        # from 24 px (--progressive-resize 0.75) bought 68 epochs' worth instead of 54 and lost too:
+        # 88.46% val (cifar10_budget_pr75_*.json).
     ),
     # Any folder of images (the ImageNet layout): faithful v1.1 at 224 px.
     "folder": dict(

@@ -65,6 +65,11 @@ class TrainConfig:
     erase: float = 0.0  # random-erasing probability per training image (data.random_erase); 0 = off
     alternate_flip: bool = False  # mirror each image in every other epoch instead of at random
     crop_pad: int | None = None  # pad-and-crop shift in pixels for crop augmentations (None: 1/8 of the size)
+    # Progressive resizing (fast.ai; MosaicML Composer's ProgressiveResizing): training images start
+    # at this fraction of their side and grow linearly to full size, which they keep for the last
+    # resize_finetune of training. 1 = off. Eval always sees full-size images.
+    progressive_resize: float = 1.0
+    resize_finetune: float = 0.2
     tta: bool = False  # evaluate with horizontal-flip test-time augmentation
     # With tta, `squeezenet eval` also averages views shifted by this many pixels (evaluate.tta_views);
     # the per-epoch validation uses the flip alone, which costs a third as much.
@@ -111,6 +116,10 @@ class TrainConfig:
             (self.crop_pad is None or self.crop_pad >= 1,
              f"--crop-pad must be at least 1 pixel (use --augment flip for none), got {self.crop_pad}"),
             (0 <= self.erase <= 1, f"--erase must be a probability in [0, 1], got {self.erase}"),
+            (0 < self.progressive_resize <= 1,
+             f"--progressive-resize must be a starting scale in (0, 1], got {self.progressive_resize}"),
+            (0 <= self.resize_finetune <= 1,
+             f"--resize-finetune must be a fraction in [0, 1], got {self.resize_finetune}"),
             (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
             (self.squeeze_ratio is None or 0 < self.squeeze_ratio <= 1,
              f"--squeeze-ratio must be in (0, 1], got {self.squeeze_ratio}"),
@@ -228,6 +237,17 @@ class TimeBudget:
         return _decay(self.schedule, (p - self.warmup) / (1 - self.warmup))
 
 
+def progressive_size(full: int, progress: float, scale: float, finetune: float, smallest: int = 1) -> int:
+    """Side of the training images at ``progress`` (0..1) of training: ``scale * full`` at the start,
+    growing linearly to ``full`` by ``1 - finetune``, then full. Even sizes only, so a run meets a
+    handful of shapes (each one builds its own oneDNN/cuDNN kernels), never below ``smallest``."""
+    if scale >= 1:
+        return full
+    ramp = 1.0 if finetune >= 1 else min(max(progress, 0.0) / (1 - finetune), 1.0)
+    size = 2 * round(full * (scale + (1 - scale) * ramp) / 2)
+    return min(full, max(size, smallest))
+
+
 def ema_with_warmup(decay: float):
     """``AveragedModel``'s update for an EMA whose decay ramps up as min(decay, (1 + n) / (10 + n))
     over its n updates so far (the warm-up of timm's ModelEmaV2/V3). PyTorch's own
@@ -282,6 +302,14 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
 
 def _progress_enabled(cfg: TrainConfig) -> bool:
     return sys.stderr.isatty() if cfg.progress is None else cfg.progress
+
+
+def resize_batch(x: torch.Tensor, size: int, memory_format) -> torch.Tensor:
+    """Square batches shrunk to ``size`` px with antialiased bilinear resampling (PIL's quality)."""
+    if size == x.shape[-1]:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).contiguous(memory_format=memory_format)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -426,6 +454,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}{of_epochs}", leave=False, unit="batch",
                    disable=not (main and _progress_enabled(cfg)), dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
+            if cfg.progressive_resize < 1:
+                progress = (budget.spent / budget.seconds if budget
+                            else (epoch * len(train_loader) + step) / (cfg.epochs * len(train_loader)))
+                x = resize_batch(x, progressive_size(x.shape[-1], progress, cfg.progressive_resize,
+                                                     cfg.resize_finetune, model.min_input_size),
+                                 memory_format)
             with autocast() if autocast else contextlib.nullcontext():
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
