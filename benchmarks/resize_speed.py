@@ -9,7 +9,6 @@ the machine's drift falls on all of them alike.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -20,12 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import timed_steps  # noqa: E402
+from stem_speed import SHAPES, steps_per_s  # noqa: E402
 
-from squeezenet import create_model  # noqa: E402
-from squeezenet.train import autocast_for, make_config, make_optimizer, pool_layers  # noqa: E402
-
-SHAPES = {"cifar10": (3, 32), "fashion-mnist": (1, 28)}
+from squeezenet.train import make_config  # noqa: E402
 
 
 def main():
@@ -40,22 +36,13 @@ def main():
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "what": "model-only training steps, images/s, median of "
               f"{args.rounds} interleaved rounds of {args.steps} steps", "recipes": {}}
-    for recipe, (channels, full) in SHAPES.items():
+    for recipe, (_, full) in SHAPES.items():
         cfg = make_config({"recipe": recipe})
-        kwargs = dict(num_classes=10, in_channels=channels, bypass=cfg.bypass, batch_norm=cfg.batch_norm,
-                      small_input=cfg.small_input, final_relu=cfg.final_relu, dropout=cfg.dropout)
-        if cfg.pool_after:
-            kwargs["pool_after"] = pool_layers(cfg.pool_after)
-        model = create_model(cfg.arch, **kwargs).to(memory_format=torch.channels_last).train()
-        opt = make_optimizer(cfg, model)
-        autocast = autocast_for(cfg, torch.device("cpu")) or contextlib.nullcontext
         sizes = sorted({2 * round(full * s / 2) for s in scales}, reverse=True)
-        batches = {n: torch.randn(cfg.batch_size, channels, n, n).contiguous(memory_format=torch.channels_last)
-                   for n in sizes}
         runs = {n: [] for n in sizes}
         for _ in range(args.rounds):
             for n in sizes:
-                runs[n].append(timed_steps(model, opt, batches[n], cfg.label_smoothing, args.steps, 2, autocast))
+                runs[n].append(steps_per_s(cfg, cfg.stem_channels, args.steps, warmup=2, size=n))
         median = {n: statistics.median(v) for n, v in runs.items()}
         result["recipes"][recipe] = {
             "batch_size": cfg.batch_size, "pool_after": cfg.pool_after or "the version's",
