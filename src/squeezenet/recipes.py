@@ -41,8 +41,9 @@ RECIPES: dict[str, dict] = {
         augment="crop", crop_pad=1, tta_shift=1,
         # Not adopted with the 14.5-minute budget, paired on one split (README, Results): 32 conv1
         # filters (+0.20 val, 0.0 test) and EMA 0.999 with its warm-up (+0.08 val), both within
-        # the 0.25 points seed alone moves val there; label smoothing 0.2 (+0.17 val, one pair) and
-        # lr 0.3 (+0.25 and -0.32 val, two pairs), each against a same-day run (stop 18).
+        # the 0.25 points seed alone moves val there; label smoothing 0.2 (+0.17, -0.08, -0.03 val,
+        # three pairs, stops 18-19) and lr 0.3 (+0.25 and -0.32 val, two pairs), each against a
+        # same-day run.
     ),
     "cifar10": dict(
         dataset="cifar10", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
