@@ -75,8 +75,8 @@ RECIPES: dict[str, dict] = {
         # Wider squeeze layers (the paper's SR, section 5.1: its strongest lever on ImageNet):
         # 0.25 instead of v1.1's 0.125 doubles every squeeze width (fire2 squeezes 128 channels to
         # 32) and nearly doubles the Fire modules' multiply-adds, but trains at 0.70-0.74x the speed,
-        # not 0.5x (oneDNN's bf16 kernels run 32-multiple widths well;
-        # benchmarks/squeeze_speed.py). 1,449,034 parameters (no cap on CIFAR-10). With the
+        # not 0.5x (benchmarks/squeeze_speed.py; likely because oneDNN's bf16 kernels run
+        # 32-multiple widths well, not profiled). 1,449,034 parameters (no cap on CIFAR-10). With the
         # 44.5-minute budget (cifar10_budget_sr25_*.json): val 89.72% vs 88.96% (6 views), 89.26%
         # vs 88.76% (flip), in 38.5 epochs' worth instead of 54. Holdout, after the choice: 89.68%,
         # and 89.74% for the final fit (cifar10_full_budget_sr25_*.json). SR 0.375 tied: 89.74%
