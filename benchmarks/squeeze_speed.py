@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from stem_speed import SHAPES, steps_per_s  # noqa: E402
+from stem_speed import recipe_model, steps_per_s  # noqa: E402
 
-from squeezenet import create_model  # noqa: E402
-from squeezenet.train import make_config, pool_layers  # noqa: E402
+from squeezenet.train import make_config  # noqa: E402
 
 
 def main():
@@ -43,11 +42,7 @@ def main():
         for r in ratios:
             runs[r].append(steps_per_s(cfg, None, args.steps, squeeze_ratio=r))
     median = {r: statistics.median(v) for r, v in runs.items()}
-    params = {r: sum(t.numel() for t in create_model(
-        cfg.arch, num_classes=10, in_channels=SHAPES[cfg.dataset][0], bypass=cfg.bypass, batch_norm=cfg.batch_norm,
-        small_input=cfg.small_input, squeeze_ratio=r,
-        **({"pool_after": pool_layers(cfg.pool_after)} if cfg.pool_after else {})).parameters())
-        for r in ratios}
+    params = {r: sum(t.numel() for t in recipe_model(cfg, squeeze_ratio=r).parameters()) for r in ratios}
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__, "recipe": args.recipe, "batch_size": cfg.batch_size,
               "what": f"model-only training steps, images/s, median of {args.rounds} interleaved "

@@ -29,6 +29,21 @@ from squeezenet.train import autocast_for, make_config, make_optimizer, pool_lay
 SHAPES = {"cifar10": (3, 32), "fashion-mnist": (1, 28)}
 
 
+def recipe_model(cfg, stem: int | None = None, squeeze_ratio: float | None = None):
+    """The recipe's model with ``stem`` conv1 filters and ``squeeze_ratio`` (None: the version's
+    64 and 0.125, whatever the recipe sets)."""
+    kwargs = dict(num_classes=10, in_channels=SHAPES[cfg.dataset][0], bypass=cfg.bypass,
+                  batch_norm=cfg.batch_norm, small_input=cfg.small_input, final_relu=cfg.final_relu,
+                  dropout=cfg.dropout)
+    if stem is not None:
+        kwargs["stem_channels"] = stem
+    if squeeze_ratio is not None:
+        kwargs["squeeze_ratio"] = squeeze_ratio
+    if cfg.pool_after:
+        kwargs["pool_after"] = pool_layers(cfg.pool_after)
+    return create_model(cfg.arch, **kwargs)
+
+
 def steps_per_s(cfg, stem: int | None, steps: int, warmup: int = 3, size: int | None = None,
                 squeeze_ratio: float | None = None) -> float:
     """Images/s of the recipe's model with ``stem`` conv1 filters (None: the version's) and
@@ -36,15 +51,7 @@ def steps_per_s(cfg, stem: int | None, steps: int, warmup: int = 3, size: int | 
     size)."""
     channels, full = SHAPES[cfg.dataset]
     size = size or full
-    kwargs = dict(num_classes=10, in_channels=channels, bypass=cfg.bypass, batch_norm=cfg.batch_norm,
-                  small_input=cfg.small_input, final_relu=cfg.final_relu, dropout=cfg.dropout)
-    if stem is not None:
-        kwargs["stem_channels"] = stem
-    if squeeze_ratio is not None:
-        kwargs["squeeze_ratio"] = squeeze_ratio
-    if cfg.pool_after:
-        kwargs["pool_after"] = pool_layers(cfg.pool_after)
-    model = create_model(cfg.arch, **kwargs).to(memory_format=torch.channels_last).train()
+    model = recipe_model(cfg, stem, squeeze_ratio).to(memory_format=torch.channels_last).train()
     opt = make_optimizer(cfg, model)
     x = torch.randn(cfg.batch_size, channels, size, size).contiguous(memory_format=torch.channels_last)
     autocast = autocast_for(cfg, torch.device("cpu")) or contextlib.nullcontext
