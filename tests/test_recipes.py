@@ -45,3 +45,21 @@ def test_cifar10_recipe_learns(tmp_path):
                 taken[cls] = taken.get(cls, 0) + 1
                 t.extract(m, root, filter="data")
     check(short_run("cifar10", tmp_path / "c10", data_dir=str(root)))
+
+
+def test_cifar10_recipe_is_backed_by_saved_runs():
+    """The recipe's values are the ones its saved budget runs trained with: a run with a validation
+    split and a final fit, both scored on the holdout (benchmarks/budget_table.py reads them)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_table.py"
+    spec = importlib.util.spec_from_file_location("budget_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    rows = table.runs(path.parent / "results")
+    now = [r for r in rows if not r["change"]]
+    assert {r["final_fit"] for r in now} == {False, True}, [r["run"] for r in now]
+    for r in now:
+        view = f"test 6 views {RECIPES['cifar10']['tta_shift']} px"
+        assert r["accuracy"][view] is not None, (r["run"], view)
+    assert "| `cifar10_budget_sr25` | erase 0.0 |" in table.markdown(rows)
