@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from squeezenet.checkpoint import load_checkpoint
 from squeezenet.data import load_eval_split
+from squeezenet.errors import SqueezeNetError
 
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 SETS = {
@@ -65,4 +66,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SqueezeNetError as e:  # bad run path or data: the message, as the CLI prints it
+        raise SystemExit(f"error: {e}") from None
