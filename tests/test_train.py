@@ -298,6 +298,8 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
+    (["--muon-lr", "0"], "--muon-lr must be a positive number"),
+    (["--muon-momentum", "1"], "--muon-momentum must be in [0, 1)"),
     (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
     (["--time-budget", "soon"], "expected a duration like 45m"),
     (["--time-budget", "0"], "--time-budget must be a positive duration"),

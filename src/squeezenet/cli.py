@@ -75,9 +75,11 @@ TRAIN_FLAGS = [
     ("--time-budget", _duration, "train for this long (45m, 900s, 1.5h) instead of --epochs: the schedule "
                                  "runs on elapsed training time and ends with the budget"),
     ("--batch-size", _positive_int, "global batch size"),
-    ("--optimizer", str, "sgd (Nesterov), adam or adamw"),
+    ("--optimizer", str, "sgd (Nesterov), adam, adamw or muon (Muon on the Fire filters, SGD on the rest)"),
     ("--lr", float, "peak learning rate"),
     ("--momentum", float, "SGD momentum (0.9)"),
+    ("--muon-lr", float, "with --optimizer muon: the Fire filters' peak lr, a relative step size (0.24)"),
+    ("--muon-momentum", float, "with --optimizer muon: the Fire filters' Nesterov momentum (0.6)"),
     ("--weight-decay", float, "weight decay (not applied to biases and BatchNorm)"),
     ("--schedule", str, "onecycle, cosine, step or constant (after linear warm-up)"),
     ("--warmup-epochs", float, "epochs of linear learning-rate warm-up"),

@@ -27,11 +27,12 @@ from .data import DATASETS, Loader, load_dataset, train_val_split
 from .errors import SqueezeNetError, UsageError
 from .evaluate import MAX_TTA_SHIFT
 from .model import FIRES, whiten_stem_
+from .optim import MuonSGD, muon_filters
 from .plots import plot_confusion, plot_curves
 from .recipes import RECIPES
 from .zoo import create_model, list_models, load_torchvision_weights, load_weights
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AUGMENTS = ("auto", "none", "flip", "crop", "crop-noflip", "rrc")
 DEFAULT_AUGMENT = {"shapes": "flip", "noise": "none", "fashion-mnist": "crop", "cifar10": "crop",
@@ -55,6 +56,11 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # --optimizer muon: Muon on the Fire modules' filters (optim.MuonSGD) at this peak lr and
+    # momentum (airbench94_muon's 0.24 and 0.6); --lr, --momentum and --weight-decay drive SGD on
+    # the rest (conv1, conv10, biases, BatchNorm).
+    muon_lr: float = 0.24
+    muon_momentum: float = 0.6
     schedule: str = "onecycle"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
@@ -108,6 +114,9 @@ class TrainConfig:
              f"--time-budget must be a positive duration, got {self.time_budget}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (self.muon_lr > 0 and math.isfinite(self.muon_lr),
+             f"--muon-lr must be a positive number, got {self.muon_lr}"),
+            (0 <= self.muon_momentum < 1, f"--muon-momentum must be in [0, 1), got {self.muon_momentum}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
@@ -270,10 +279,16 @@ def ema_with_warmup(decay: float):
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     # No weight decay on biases and BatchNorm parameters (standard; it only hurts them).
-    decay = [p for p in model.parameters() if p.ndim > 1]
+    filters = {id(p) for p in muon_filters(model)} if cfg.optimizer == "muon" else set()
+    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in filters]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "muon":  # the SGD groups first: the progress bar shows group 0's lr
+        hidden = [p for p in model.parameters() if id(p) in filters]
+        groups.append({"params": hidden, "muon": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
+                       "weight_decay": cfg.weight_decay, "normalize": cfg.batch_norm})
+        return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adam":

@@ -1,0 +1,87 @@
+"""Muon for SqueezeNet's hidden convolutions, SGD with Nesterov momentum for everything else.
+
+Muon (Jordan et al., 2024; the optimizer of the airbench CIFAR-10 speed records) replaces each
+hidden weight matrix's momentum update by its nearest semi-orthogonal matrix, computed with a few
+Newton-Schulz iterations. ``torch.optim.Muon`` implements it for 2-D parameters only and rejects
+4-D conv filters; this module exists to apply it to filters viewed as (out, in x kh x kw)
+matrices, as airbench94_muon does, and reuses PyTorch's own Newton-Schulz routine.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS
+from torch.optim._muon import _zeropower_via_newtonschulz as orthogonalize
+
+from .model import Fire
+
+NS_COEFFICIENTS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+
+
+def muon_filters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The Fire modules' conv filters: the hidden layers. conv1 (a handful of input channels) and
+    conv10 (the classifier) stay on SGD, as Muon's authors advise for input and output layers."""
+    return [p for m in model.modules() if isinstance(m, Fire) for p in m.parameters() if p.ndim == 4]
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """One optimizer, two update rules, chosen per parameter group by its ``muon`` flag.
+
+    ``muon=True`` groups (4-D conv filters): Nesterov momentum ``B = mu B + g``, update
+    ``orthogonalize(g + mu B)`` scaled by ``sqrt(max(1, rows / cols))`` so that every filter
+    moves by the same relative amount (Keller Jordan's scaling). With ``normalize=True`` each
+    filter tensor is first rescaled to norm ``sqrt(out_channels)``, as in airbench94_muon: a
+    filter followed by BatchNorm is scale-invariant, so this pins the step's relative size to the
+    learning rate and replaces weight decay; ``weight_decay`` is then ignored for the group.
+    Without it, weight decay is decoupled (``p -= lr * wd * p``), as in ``torch.optim.Muon``.
+
+    ``muon=False`` groups: ``torch.optim.SGD``'s arithmetic with Nesterov momentum and L2 weight
+    decay. Both rules start the momentum buffer at the first gradient.
+
+    One optimizer rather than two, so that the LR scheduler, GradScaler, Lookahead and the
+    checkpoint's single optimizer state serve it unchanged.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 muon: bool = False, normalize: bool = True, ns_steps: int = DEFAULT_NS_STEPS):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, muon=muon,
+                        normalize=normalize, ns_steps=ns_steps)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["muon"] and any(p.ndim < 2 for p in group["params"]):
+                raise ValueError("Muon groups take weight matrices or conv filters (2-D or more)")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not group["muon"] and wd:
+                    g = g.add(p, alpha=wd)
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = g.clone()
+                else:
+                    buf.mul_(mu).add_(g)
+                g = g.add(buf, alpha=mu) if mu else buf
+                if not group["muon"]:
+                    p.add_(g, alpha=-lr)
+                    continue
+                if group["normalize"]:
+                    p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp(min=EPS))
+                elif wd:
+                    p.mul_(1 - lr * wd)
+                matrix = g.reshape(p.shape[0], -1)
+                update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS)
+                scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
+                p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
+        return loss

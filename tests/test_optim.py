@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+
+from squeezenet.optim import MuonSGD, muon_filters
+from squeezenet.train import make_config, make_optimizer, train
+from squeezenet.zoo import create_model
+
+QUIET = lambda *a, **k: None  # noqa: E731
+
+
+def _steps(opt, params, grads):
+    for g in grads:
+        for p, gp in zip(params, g):
+            p.grad = gp.clone()
+        opt.step()
+
+
+def test_sgd_groups_follow_torch_sgd_with_nesterov_and_weight_decay():
+    torch.manual_seed(0)
+    ours, ref = torch.randn(5, 3), None
+    ref = ours.clone()
+    ours, ref = torch.nn.Parameter(ours), torch.nn.Parameter(ref)
+    grads = [[torch.randn(5, 3)] for _ in range(4)]
+    _steps(MuonSGD([ours], lr=0.1, momentum=0.9, weight_decay=1e-2), [ours], grads)
+    _steps(torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2), [ref], grads)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(8, 24), (24, 8)])
+def test_muon_groups_without_normalisation_follow_torch_muon(shape):
+    # torch.optim.Muon keeps an EMA momentum buffer, ours a sum: they differ by powers of
+    # (1 - momentum), which Newton-Schulz divides out. With momentum 0.5 that factor is a power of
+    # two, exact in its bf16 arithmetic too, so the two optimizers agree to the bit.
+    torch.manual_seed(0)
+    start = torch.randn(shape)
+    ours, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    grads = [[torch.randn(shape)] for _ in range(3)]
+    _steps(MuonSGD([ours], lr=0.02, momentum=0.5, weight_decay=0.1, muon=True, normalize=False), [ours], grads)
+    _steps(torch.optim.Muon([ref], lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True,
+                            adjust_lr_fn="original"), [ref], grads)
+    assert (ours - start).abs().max() > 0.01  # three steps of 0.02 x a semi-orthogonal matrix
+    assert torch.equal(ours, ref)
+
+
+def test_muon_step_on_conv_filters_is_orthogonalised_and_normalised():
+    torch.manual_seed(0)
+    start = 10 * torch.randn(16, 8, 3, 3)
+    w = torch.nn.Parameter(start.clone())
+    w.grad = torch.randn_like(w)
+    MuonSGD([w], lr=0.1, momentum=0.0, muon=True, normalize=True).step()
+    # The filters are first rescaled to norm sqrt(16) = 4, then moved by 0.1 x an approximately
+    # semi-orthogonal (16, 72) matrix: Newton-Schulz's quintic leaves its singular values in
+    # about [0.5, 1.5] rather than exactly 1.
+    step = (w.detach() - start * (4 / start.norm())).reshape(16, -1) / -0.1
+    s = torch.linalg.svdvals(step)
+    assert s.min() > 0.4 and s.max() < 1.6, s
+    assert math.isclose(w.detach().norm().item(), 4.0, rel_tol=0.1)
+
+
+def test_muon_refuses_vectors():
+    with pytest.raises(ValueError, match="2-D or more"):
+        MuonSGD([torch.nn.Parameter(torch.zeros(4))], lr=0.1, muon=True)
+
+
+def test_make_optimizer_puts_only_fire_filters_on_muon():
+    model = create_model("squeezenet1_1", num_classes=10, in_channels=1, batch_norm=True, small_input=True)
+    opt = make_optimizer(make_config({"optimizer": "muon", "batch_norm": True}), model)
+    muon = [g for g in opt.param_groups if g.get("muon")]
+    assert len(muon) == 1 and muon[0]["lr"] == 0.24 and muon[0]["momentum"] == 0.6
+    hidden = {id(p) for p in muon[0]["params"]}
+    assert hidden == {id(p) for p in muon_filters(model)} and len(hidden) == 24  # 8 Fires x 3 convs
+    assert id(model.features[0].weight) not in hidden  # conv1
+    assert id(model.classifier[1].weight) not in hidden  # conv10
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_muon_trains_and_resumes_exactly(tmp_path):
+    base = {"epochs": 3, "train_size": 200, "batch_size": 45, "progress": False, "optimizer": "muon",
+            "batch_norm": True}
+    a = train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
+    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}), log=QUIET)
+    b = train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
+    assert a["val_acc"] == b["val_acc"]
+    from safetensors.torch import load_file
+    x, y = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x)
