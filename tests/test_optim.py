@@ -74,6 +74,10 @@ def test_make_optimizer_puts_only_fire_filters_on_muon():
     assert id(model.features[0].weight) not in hidden  # conv1
     assert id(model.classifier[1].weight) not in hidden  # conv10
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    complex_ = create_model("squeezenet1_1", num_classes=10, bypass="complex", batch_norm=True)
+    shortcuts = {id(m.shortcut.weight) for m in complex_.modules()
+                 if isinstance(getattr(m, "shortcut", None), torch.nn.Conv2d)}
+    assert shortcuts and not shortcuts & {id(p) for p in muon_filters(complex_)}  # no BN after them
 
 
 def test_muon_trains_and_resumes_exactly(tmp_path):

@@ -20,9 +20,12 @@ NS_COEFFICIENTS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
 
 
 def muon_filters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The Fire modules' conv filters: the hidden layers. conv1 (a handful of input channels) and
-    conv10 (the classifier) stay on SGD, as Muon's authors advise for input and output layers."""
-    return [p for m in model.modules() if isinstance(m, Fire) for p in m.parameters() if p.ndim == 4]
+    """The Fire modules' squeeze and expand filters: the hidden layers. conv1 (a handful of input
+    channels) and conv10 (the classifier) stay on SGD, as Muon's authors advise for input and
+    output layers; so does complex bypass's 1x1 shortcut, which no BatchNorm follows, so that
+    renormalising it would change what the network computes."""
+    return [conv.weight for m in model.modules() if isinstance(m, Fire)
+            for conv in (m.squeeze, m.expand1x1, m.expand3x3)]
 
 
 class MuonSGD(torch.optim.Optimizer):
