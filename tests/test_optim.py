@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from squeezenet.optim import MuonSGD, muon_filters
 from squeezenet.train import make_config, make_optimizer, train
@@ -19,9 +20,8 @@ def _steps(opt, params, grads):
 
 def test_sgd_groups_follow_torch_sgd_with_nesterov_and_weight_decay():
     torch.manual_seed(0)
-    ours, ref = torch.randn(5, 3), None
-    ref = ours.clone()
-    ours, ref = torch.nn.Parameter(ours), torch.nn.Parameter(ref)
+    start = torch.randn(5, 3)
+    ours, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
     grads = [[torch.randn(5, 3)] for _ in range(4)]
     _steps(MuonSGD([ours], lr=0.1, momentum=0.9, weight_decay=1e-2), [ours], grads)
     _steps(torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2), [ref], grads)
@@ -87,6 +87,5 @@ def test_muon_trains_and_resumes_exactly(tmp_path):
     train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}), log=QUIET)
     b = train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
     assert a["val_acc"] == b["val_acc"]
-    from safetensors.torch import load_file
     x, y = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(x[k], y[k]) for k in x)

@@ -13,6 +13,7 @@ import math
 import torch
 from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS
 from torch.optim._muon import _zeropower_via_newtonschulz as orthogonalize
+from torch.optim.sgd import sgd as sgd_step
 
 from .model import Fire
 
@@ -39,8 +40,9 @@ class MuonSGD(torch.optim.Optimizer):
     learning rate and replaces weight decay; ``weight_decay`` is then ignored for the group.
     Without it, weight decay is decoupled (``p -= lr * wd * p``), as in ``torch.optim.Muon``.
 
-    ``muon=False`` groups: ``torch.optim.SGD``'s arithmetic with Nesterov momentum and L2 weight
-    decay. Both rules start the momentum buffer at the first gradient.
+    ``muon=False`` groups: ``torch.optim.SGD``'s own functional step (``torch.optim.sgd.sgd``, its
+    foreach path), Nesterov momentum and L2 weight decay. Both rules start the momentum buffer at
+    the first gradient.
 
     One optimizer rather than two, so that the LR scheduler, GradScaler, Lookahead and the
     checkpoint's single optimizer state serve it unchanged.
@@ -62,29 +64,34 @@ class MuonSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if not group["muon"] and wd:
-                    g = g.add(p, alpha=wd)
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = g.clone()
-                else:
-                    buf.mul_(mu).add_(g)
-                g = g.add(buf, alpha=mu) if mu else buf
-                if not group["muon"]:
-                    p.add_(g, alpha=-lr)
-                    continue
-                if group["normalize"]:
-                    p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp(min=EPS))
-                elif wd:
-                    p.mul_(1 - lr * wd)
-                matrix = g.reshape(p.shape[0], -1)
-                update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS)
-                scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
-                p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
+            params = [p for p in group["params"] if p.grad is not None]
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
+            if group["muon"]:
+                self._muon_step(group, params, bufs)
+            else:
+                sgd_step(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
+                         momentum=group["momentum"], lr=group["lr"], dampening=0.0,
+                         nesterov=group["momentum"] > 0, maximize=False)
+            for p, buf in zip(params, bufs):
+                if buf is not None:  # sgd() creates the first step's buffers in the list
+                    self.state[p]["momentum_buffer"] = buf
         return loss
+
+    @staticmethod
+    def _muon_step(group: dict, params: list, bufs: list) -> None:
+        lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for i, p in enumerate(params):
+            g = p.grad
+            if bufs[i] is None:
+                bufs[i] = g.clone()
+            else:
+                bufs[i].mul_(mu).add_(g)
+            g = g.add(bufs[i], alpha=mu)  # Nesterov
+            if group["normalize"]:
+                p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp(min=EPS))
+            elif wd:
+                p.mul_(1 - lr * wd)
+            matrix = g.reshape(p.shape[0], -1)
+            update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS)
+            scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
+            p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)

@@ -279,13 +279,13 @@ def ema_with_warmup(decay: float):
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     # No weight decay on biases and BatchNorm parameters (standard; it only hurts them).
-    filters = {id(p) for p in muon_filters(model)} if cfg.optimizer == "muon" else set()
-    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in filters]
+    hidden = muon_filters(model) if cfg.optimizer == "muon" else []
+    on_muon = {id(p) for p in hidden}
+    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in on_muon]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "muon":  # the SGD groups first: the progress bar shows group 0's lr
-        hidden = [p for p in model.parameters() if id(p) in filters]
         groups.append({"params": hidden, "muon": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
                        "weight_decay": cfg.weight_decay, "normalize": cfg.batch_norm})
         return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
