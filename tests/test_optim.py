@@ -69,6 +69,9 @@ def test_make_optimizer_puts_only_fire_filters_on_muon():
     opt = make_optimizer(make_config({"optimizer": "muon", "batch_norm": True}), model)
     muon = [g for g in opt.param_groups if g.get("muon")]
     assert len(muon) == 1 and muon[0]["lr"] == 0.24 and muon[0]["momentum"] == 0.6
+    assert muon[0]["ns_steps"] == 5
+    three = make_optimizer(make_config({"optimizer": "muon", "muon_ns_steps": 3}), model)
+    assert [g["ns_steps"] for g in three.param_groups if g.get("muon")] == [3]
     hidden = {id(p) for p in muon[0]["params"]}
     assert hidden == {id(p) for p in muon_filters(model)} and len(hidden) == 24  # 8 Fires x 3 convs
     assert id(model.features[0].weight) not in hidden  # conv1

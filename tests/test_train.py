@@ -300,6 +300,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
     (["--muon-lr", "0"], "--muon-lr must be a positive number"),
     (["--muon-momentum", "1"], "--muon-momentum must be in [0, 1)"),
+    (["--muon-ns-steps", "0"], "--muon-ns-steps must be at least 1"),
     (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
     (["--time-budget", "soon"], "expected a duration like 45m"),
     (["--time-budget", "0"], "--time-budget must be a positive duration"),

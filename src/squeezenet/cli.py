@@ -80,6 +80,7 @@ TRAIN_FLAGS = [
     ("--momentum", float, "SGD momentum (0.9)"),
     ("--muon-lr", float, "with --optimizer muon: the Fire filters' peak lr, a relative step size (0.24)"),
     ("--muon-momentum", float, "with --optimizer muon: the Fire filters' Nesterov momentum (0.6)"),
+    ("--muon-ns-steps", int, "with --optimizer muon: Newton-Schulz iterations per step (5; airbench runs 3)"),
     ("--weight-decay", float, "weight decay (not applied to biases and BatchNorm)"),
     ("--schedule", str, "onecycle, cosine, step or constant (after linear warm-up)"),
     ("--warmup-epochs", float, "epochs of linear learning-rate warm-up"),

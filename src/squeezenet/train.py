@@ -58,9 +58,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     # --optimizer muon: Muon on the Fire modules' filters (optim.MuonSGD) at this peak lr and
     # momentum (airbench94_muon's 0.24 and 0.6); --lr, --momentum and --weight-decay drive SGD on
-    # the rest (conv1, conv10, biases, BatchNorm).
+    # the rest (conv1, conv10, biases, BatchNorm). Newton-Schulz iterations per step: PyTorch's
+    # default 5; airbench94_muon runs 3.
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
+    muon_ns_steps: int = 5
     schedule: str = "onecycle"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
@@ -117,6 +119,7 @@ class TrainConfig:
             (self.muon_lr > 0 and math.isfinite(self.muon_lr),
              f"--muon-lr must be a positive number, got {self.muon_lr}"),
             (0 <= self.muon_momentum < 1, f"--muon-momentum must be in [0, 1), got {self.muon_momentum}"),
+            (self.muon_ns_steps >= 1, f"--muon-ns-steps must be at least 1, got {self.muon_ns_steps}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
@@ -287,7 +290,8 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
               {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "muon":  # the SGD groups first: the progress bar shows group 0's lr
         groups.append({"params": hidden, "muon": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
-                       "weight_decay": cfg.weight_decay, "normalize": cfg.batch_norm})
+                       "weight_decay": cfg.weight_decay, "normalize": cfg.batch_norm,
+                       "ns_steps": cfg.muon_ns_steps})
         return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
