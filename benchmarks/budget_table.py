@@ -29,8 +29,9 @@ RECIPES = _recipes.RECIPES
 TRAIN_IMAGES = 45_000  # CIFAR-10's 50,000 less make_cifar_holdout.py's 5,000
 # The settings compared, with what an absent or null value meant (older configs predate some
 # flags; null is the architecture's own value: v1.1's squeeze ratio and pools, 64 conv1 filters).
-COMPARED = {"squeeze_ratio": 0.125, "pool_after": "conv1,fire3,fire5", "stem_channels": 64,
-            "crop_pad": 4, "erase": 0.0, "ema": 0.0, "progressive_resize": 1.0, "dropout": 0.0}
+COMPARED = {"optimizer": "sgd", "squeeze_ratio": 0.125, "pool_after": "conv1,fire3,fire5",
+            "stem_channels": 64, "crop_pad": 4, "erase": 0.0, "ema": 0.0, "progressive_resize": 1.0,
+            "dropout": 0.0}
 VIEWS = (("val", 2), ("val", 1), ("val", 0), ("test", 2), ("test", 1), ("test", 0))
 
 

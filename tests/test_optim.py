@@ -68,7 +68,7 @@ def test_make_optimizer_puts_only_fire_filters_on_muon():
     model = create_model("squeezenet1_1", num_classes=10, in_channels=1, batch_norm=True, small_input=True)
     opt = make_optimizer(make_config({"optimizer": "muon", "batch_norm": True}), model)
     muon = [g for g in opt.param_groups if g.get("muon")]
-    assert len(muon) == 1 and muon[0]["lr"] == 0.24 and muon[0]["momentum"] == 0.6
+    assert len(muon) == 1 and muon[0]["lr"] == 0.05 and muon[0]["momentum"] == 0.6
     assert muon[0]["ns_steps"] == 5
     three = make_optimizer(make_config({"optimizer": "muon", "muon_ns_steps": 3}), model)
     assert [g["ns_steps"] for g in three.param_groups if g.get("muon")] == [3]

@@ -78,7 +78,7 @@ TRAIN_FLAGS = [
     ("--optimizer", str, "sgd (Nesterov), adam, adamw or muon (Muon on the Fire filters, SGD on the rest)"),
     ("--lr", float, "peak learning rate"),
     ("--momentum", float, "SGD momentum (0.9)"),
-    ("--muon-lr", float, "with --optimizer muon: the Fire filters' peak lr, a relative step size (0.24)"),
+    ("--muon-lr", float, "with --optimizer muon: the Fire filters' peak lr, a relative step size (0.05)"),
     ("--muon-momentum", float, "with --optimizer muon: the Fire filters' Nesterov momentum (0.6)"),
     ("--muon-ns-steps", int, "with --optimizer muon: Newton-Schulz iterations per step (5; airbench runs 3)"),
     ("--weight-decay", float, "weight decay (not applied to biases and BatchNorm)"),

@@ -56,11 +56,12 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # --optimizer muon: Muon on the Fire modules' filters (optim.MuonSGD) at this peak lr and
-    # momentum (airbench94_muon's 0.24 and 0.6); --lr, --momentum and --weight-decay drive SGD on
-    # the rest (conv1, conv10, biases, BatchNorm). Newton-Schulz iterations per step: PyTorch's
-    # default 5; airbench94_muon runs 3.
-    muon_lr: float = 0.24
+    # --optimizer muon: Muon on the Fire modules' filters (optim.MuonSGD) at this peak lr,
+    # momentum and number of Newton-Schulz iterations; --lr, --momentum and --weight-decay drive
+    # SGD on the rest (conv1, conv10, biases, BatchNorm). airbench94_muon's lr 0.24 is for batches
+    # of 2,000; with ours 0.05 won on both data sets (Fashion-MNIST and CIFAR-10 validation,
+    # recipes.py). Momentum 0.6 is airbench's; 5 iterations PyTorch's default (airbench runs 3).
+    muon_lr: float = 0.05
     muon_momentum: float = 0.6
     muon_ns_steps: int = 5
     schedule: str = "onecycle"
