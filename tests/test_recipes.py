@@ -62,4 +62,4 @@ def test_cifar10_recipe_is_backed_by_saved_runs():
     for r in now:
         view = f"test 6 views {RECIPES['cifar10']['tta_shift']} px"
         assert r["accuracy"][view] is not None, (r["run"], view)
-    assert "| `cifar10_budget_sr25` | erase 0.0 |" in table.markdown(rows)
+    assert "| `cifar10_budget_sr25` | optimizer sgd, erase 0.0 |" in table.markdown(rows)
