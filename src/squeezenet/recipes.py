@@ -39,7 +39,7 @@ RECIPES: dict[str, dict] = {
         # choice, +0.08 (seed 2's split); lower val loss in all four. Neither half pays alone
         # (crops +0.10 with flip TTA; shifted views -0.2 to -0.6 on a model trained without crops).
         augment="crop", crop_pad=1, tta_shift=1,
-        # Not adopted with the 14.5-minute budget, paired on one split (README, Results): 32 conv1
+        # Not adopted with the 14.5-minute budget, paired on one split (benchmarks/RESULTS.md): 32 conv1
         # filters (+0.20 val, 0.0 test) and EMA 0.999 with its warm-up (+0.08 val), both within
         # the 0.25 points seed alone moves val there; label smoothing 0.2 (+0.17, -0.08, -0.03 val,
         # three pairs, stops 18-19) and lr 0.3 (+0.25 and -0.32 val, two pairs), each against a
