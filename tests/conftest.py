@@ -50,9 +50,10 @@ def image_folder(tmp_path):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short shapes run shared by eval/predict/export tests."""
-    from squeezenet.train import make_config, train
+    from squeezenet.config import make_config
+    from squeezenet.train import train
 
     out = tmp_path_factory.mktemp("run") / "shapes"
     cfg = make_config({"epochs": 2, "train_size": 1200, "out": str(out), "progress": False})
-    train(cfg, log=lambda *a, **k: None)
+    train(cfg)
     return out

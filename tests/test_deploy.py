@@ -32,7 +32,8 @@ def make_checkpoint(path, data_dir, **meta_overrides):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    return make_checkpoint(root / "best.safetensors", write_image_folder(root / "images", per_class=8))
+    write_image_folder(root / "images" / "test", per_class=8, seed=1)  # held out: eval's test split
+    return make_checkpoint(root / "best.safetensors", write_image_folder(root / "images" / "train", per_class=8).parent)
 
 
 def test_export_onnx_matches_pytorch_and_carries_metadata(cli, ckpt, tmp_path):
@@ -159,7 +160,7 @@ def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
     assert float((inner == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
     assert float((convs[0] == 0).float().mean()) < 0.05 and float((convs[-1] == 0).float().mean()) < 0.05
     assert all(len(w.unique()) <= 2 ** 4 + 1 for w in convs)  # the default 4-bit codebook + zero
-    assert meta["class_names"] == ["cat", "dog"]
+    assert meta.class_names == ["cat", "dog"]
 
 
 def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
@@ -169,7 +170,7 @@ def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
     from squeezenet.compress import conv_weights, encode, finetune, load_compressed
 
     model, meta = load_checkpoint(ckpt)
-    shared = finetune(model, meta, sparsity=0.5, bits=3, steps=8, log=lambda *a: None)
+    shared = finetune(model, meta, sparsity=0.5, bits=3, steps=8)
     for name, w in conv_weights(model).items():
         codebook, codes = shared[name]
         assert len(w[w != 0].unique()) <= 8 and torch.equal(w[w != 0], codebook[codes.long()])
@@ -185,13 +186,13 @@ def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
 
 
 def test_compress_finetunes_with_the_checkpoints_augmentation(ckpt, monkeypatch):
-    from squeezenet import compress, data
+    from squeezenet import compress
     from squeezenet.checkpoint import load_checkpoint
 
-    seen, real = {}, data.Loader
-    monkeypatch.setattr(data, "Loader", lambda *a, **k: seen.update(k) or real(*a, **k))
+    seen, real = {}, compress.Loader
+    monkeypatch.setattr(compress, "Loader", lambda *a, **k: seen.update(k) or real(*a, **k))
     _, meta = load_checkpoint(ckpt)
-    next(compress.training_batches({**meta, "augment": "crop", "crop_pad": 1}, batch_size=4))
+    next(compress.training_batches(meta.replace(augment="crop", crop_pad=1), batch_size=4))
     assert seen["augment"] == "crop" and seen["crop_pad"] == 1
 
 

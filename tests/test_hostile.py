@@ -22,8 +22,10 @@ from safetensors.torch import save as safetensors_bytes
 
 from squeezenet import SqueezeNetError
 from squeezenet.checkpoint import load_state
-from squeezenet.data import load_dataset, load_eval_split, load_folder, load_image_files, read_cifar_batch, read_idx
-from squeezenet.train import make_config
+from squeezenet.config import make_config
+from squeezenet.data import load_dataset, load_folder, load_image_files, read_cifar_batch, read_idx
+from squeezenet.runs import RunMeta
+from squeezenet.splits import eval_data
 from squeezenet.zoo import read_state_dict
 
 
@@ -231,10 +233,11 @@ def test_eval_on_folders_with_other_class_names(tmp_path):
     root = write_image_folder(tmp_path / "images", classes=("cat", "dog"), per_class=2, size=24)
     (root / "test").mkdir()
     write_image_folder(root / "test", classes=("cat", "fox"), per_class=2, size=24)
-    meta = {"dataset": "folder", "data_dir": str(root), "class_names": ["cat", "dog"],
-            "preprocess": {"image_size": 24, "in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    meta = RunMeta.parse({"arch": "squeezenet1_1", "model_kwargs": {}, "dataset": "folder", "data_dir": str(root),
+                          "class_names": ["cat", "dog"],
+                          "preprocess": {"image_size": 24, "in_channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}})
     with pytest.raises(SqueezeNetError, match=r"class folders \['cat', 'fox'\] differ"):
-        load_eval_split(meta, None, None, "test")
+        eval_data(meta, split="test")
 
 
 # ----------------------------------------------------------------------------- fuzzing every reader

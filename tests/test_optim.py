@@ -4,8 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from squeezenet.optim import MuonSGD, muon_filters
-from squeezenet.train import make_config, make_optimizer, train
+from squeezenet.config import make_config
+from squeezenet.optim import MuonSGD, create_optimizer, muon_filters
+from squeezenet.train import train
 from squeezenet.zoo import create_model
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -66,11 +67,11 @@ def test_muon_refuses_vectors():
 
 def test_make_optimizer_puts_only_fire_filters_on_muon():
     model = create_model("squeezenet1_1", num_classes=10, in_channels=1, batch_norm=True, small_input=True)
-    opt = make_optimizer(make_config({"optimizer": "muon", "batch_norm": True}), model)
+    opt = create_optimizer(make_config({"optimizer": "muon", "batch_norm": True}), model)
     muon = [g for g in opt.param_groups if g.get("muon")]
     assert len(muon) == 1 and muon[0]["lr"] == 0.05 and muon[0]["momentum"] == 0.6
     assert muon[0]["ns_steps"] == 5
-    three = make_optimizer(make_config({"optimizer": "muon", "muon_ns_steps": 3}), model)
+    three = create_optimizer(make_config({"optimizer": "muon", "muon_ns_steps": 3}), model)
     assert [g["ns_steps"] for g in three.param_groups if g.get("muon")] == [3]
     hidden = {id(p) for p in muon[0]["params"]}
     assert hidden == {id(p) for p in muon_filters(model)} and len(hidden) == 24  # 8 Fires x 3 convs
@@ -86,9 +87,9 @@ def test_make_optimizer_puts_only_fire_filters_on_muon():
 def test_muon_trains_and_resumes_exactly(tmp_path):
     base = {"epochs": 3, "train_size": 200, "batch_size": 45, "progress": False, "optimizer": "muon",
             "batch_norm": True}
-    a = train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
-    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}), log=QUIET)
-    b = train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
+    a = train(make_config({**base, "out": str(tmp_path / "straight")}))
+    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}))
+    b = train(make_config({"resume": str(tmp_path / "split"), "progress": False}))
     assert a["val_acc"] == b["val_acc"]
     x, y = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(x[k], y[k]) for k in x)

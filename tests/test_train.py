@@ -6,7 +6,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from squeezenet.checkpoint import load_checkpoint, read_metadata
-from squeezenet.train import make_config, train
+from squeezenet.config import make_config
+from squeezenet.train import train
 
 ARTIFACTS = ["config.json", "metrics.csv", "metrics.jsonl", "loss.png", "accuracy.png", "confusion.png",
              "best.safetensors", "last.safetensors", "last.state.pt"]
@@ -22,8 +23,8 @@ def test_default_run_writes_every_artifact_and_learns(trained_run):
         assert key in rows[0]
     assert rows[-1]["val_count"] == 120
     meta = read_metadata(trained_run)
-    assert meta["arch"] == "squeezenet1_1" and len(meta["class_names"]) == 10
-    assert meta["preprocess"]["image_size"] == 32
+    assert meta.arch == "squeezenet1_1" and len(meta.class_names) == 10
+    assert meta.preprocess.image_size == 32
     state = torch.load(trained_run / "last.state.pt", weights_only=True)  # no pickled objects
     assert state["epoch"] == 2
 
@@ -66,10 +67,10 @@ def _weights(path):
 
 def test_resume_gives_identical_weights(tmp_path):
     base = {"epochs": 4, "train_size": 200, "batch_size": 45, "progress": False, "ema": 0.9}
-    train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
-    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 2}), log=QUIET)
+    train(make_config({**base, "out": str(tmp_path / "straight")}))
+    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 2}))
     assert json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 2
-    train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
+    train(make_config({"resume": str(tmp_path / "split"), "progress": False}))
     a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "split" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")}  # noqa: E731
@@ -80,7 +81,7 @@ def test_resume_gives_identical_weights(tmp_path):
 def test_ema_warms_up_instead_of_keeping_the_first_steps_weights():
     from torch.optim.swa_utils import AveragedModel
 
-    from squeezenet.train import ema_with_warmup
+    from squeezenet.schedule import ema_with_warmup
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     torch.nn.init.zeros_(net[0].weight)
@@ -97,30 +98,21 @@ def test_ema_warms_up_instead_of_keeping_the_first_steps_weights():
 
 
 def test_split_seed_holds_the_validation_split_while_seed_varies(tmp_path):
-    from squeezenet.data import load_eval_split
+    from squeezenet.splits import eval_data
 
     base = {"epochs": 1, "train_size": 150, "batch_size": 50, "progress": False}
     runs = {"a": {"seed": 1, "split_seed": 5}, "b": {"seed": 2, "split_seed": 5}, "c": {"seed": 1}}
     val, meta = {}, {}
     for name, seeds in runs.items():
-        train(make_config({**base, **seeds, "out": str(tmp_path / name)}), log=QUIET)
+        train(make_config({**base, **seeds, "out": str(tmp_path / name)}))
         meta[name] = read_metadata(tmp_path / name)
-        val[name] = load_eval_split(meta[name], None, None, "val")[0].images
-    assert (meta["a"]["split_seed"], meta["b"]["split_seed"], meta["c"]["split_seed"]) == (5, 5, 1)
+        data = eval_data(meta[name], split="val")
+        val[name] = data.uint8(torch.arange(len(data)))
+    assert (meta["a"].split_seed, meta["b"].split_seed, meta["c"].split_seed) == (5, 5, 1)
     assert torch.equal(val["a"], val["b"])  # one split for both seeds
     assert not torch.equal(val["a"], val["c"])  # by default the split follows --seed
     a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
     assert not all(torch.equal(a[k], b[k]) for k in a)  # the seeds still differ in everything else
-
-
-def test_resume_is_exact_with_lookahead_whitening_and_alternating_flip(tmp_path):
-    base = {"epochs": 3, "train_size": 200, "batch_size": 45, "progress": False, "lookahead": 3,
-            "whiten": True, "alternate_flip": True}
-    train(make_config({**base, "out": str(tmp_path / "straight")}), log=QUIET)
-    train(make_config({**base, "out": str(tmp_path / "split"), "stop_after": 1}), log=QUIET)
-    train(make_config({"resume": str(tmp_path / "split"), "progress": False}), log=QUIET)
-    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "split" / "last.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_crop_pad_larger_than_the_image_is_refused(tmp_path, cli):
@@ -130,38 +122,19 @@ def test_crop_pad_larger_than_the_image_is_refused(tmp_path, cli):
     assert not (tmp_path / "run" / "last.state.pt").exists()
 
 
-def test_lookahead_pulls_back_toward_the_slow_weights():
-    from squeezenet.train import Lookahead
-
-    model = torch.nn.Linear(3, 1)
-    start = model.weight.detach().clone()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lookahead = Lookahead(model, k=2, alpha=0.5)
-    for step in range(2):
-        opt.zero_grad()
-        model(torch.ones(1, 3)).sum().backward()
-        opt.step()
-        if step == 0:
-            fast = model.weight.detach().clone()
-            assert torch.allclose(fast, start - 0.1)  # between syncs the optimizer runs alone
-        lookahead.step()
-    assert torch.allclose(model.weight, start + 0.5 * (-0.2))  # halfway from slow to fast (start - 0.2)
-    assert torch.allclose(lookahead.slow[0], model.weight)
-
-
 def test_resume_to_more_epochs_with_constant_lr(tmp_path):
     base = {"train_size": 150, "batch_size": 45, "progress": False, "schedule": "constant", "warmup_epochs": 0}
-    train(make_config({**base, "epochs": 2, "out": str(tmp_path / "a")}), log=QUIET)
-    train(make_config({"resume": str(tmp_path / "a"), "epochs": 3, "progress": False}), log=QUIET)
-    train(make_config({**base, "epochs": 3, "out": str(tmp_path / "b")}), log=QUIET)
+    train(make_config({**base, "epochs": 2, "out": str(tmp_path / "a")}))
+    train(make_config({"resume": str(tmp_path / "a"), "epochs": 3, "progress": False}))
+    train(make_config({**base, "epochs": 3, "out": str(tmp_path / "b")}))
     a, b = _weights(tmp_path / "a" / "last.safetensors"), _weights(tmp_path / "b" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_time_budget_schedule_warms_up_then_decays_to_zero_at_the_budget():
-    from squeezenet.train import TimeBudget
+    from squeezenet.schedule import TimeBudget
 
-    budget = TimeBudget(100.0, make_config({"epochs": 10, "warmup_epochs": 1}))  # warm-up: 10% of the time
+    budget = TimeBudget(100.0, "onecycle", 1 / 10)  # warm-up: 10% of the time
     at = lambda seconds: (setattr(budget, "spent", seconds), budget.factor())[1]  # noqa: E731
     assert at(0) == 0.01 and at(5) == pytest.approx(0.5) and at(10) == pytest.approx(1.0)
     assert at(55) == pytest.approx(0.5) and at(100) == 0.0 and at(130) == 0.0 and budget.done
@@ -188,32 +161,6 @@ def test_time_budget_ends_the_run_and_resume_continues_the_spent_time(tmp_path, 
     assert code == 0 and len(more) > len(rows) and 3.0 <= sum(r["seconds"] for r in more) < 6.0, err
 
 
-def test_progressive_size_grows_from_the_scale_to_full_size_then_holds_it():
-    from squeezenet.train import progressive_size
-
-    sizes = [progressive_size(32, t / 10, 0.75, 0.2, smallest=9) for t in range(11)]
-    assert sizes[0] == 24 and sizes[-3:] == [32, 32, 32]  # full size for the last 20%
-    assert sizes == sorted(sizes) and all(s % 2 == 0 for s in sizes)
-    assert progressive_size(32, 0.0, 0.1, 0.2, smallest=9) == 9  # never below what the net accepts
-    assert progressive_size(32, 0.0, 1.0, 0.2) == 32  # 1: off
-    assert progressive_size(32, 0.5, 0.5, 1.0) == 32  # finetune 1: the whole run at full size
-
-
-def test_progressive_resizing_trains_on_smaller_images_then_full_size(tmp_path, monkeypatch):
-    import squeezenet.train as training
-
-    seen = []
-    real = training.resize_batch
-    monkeypatch.setattr(training, "resize_batch",
-                        lambda x, size, fmt: seen.append(size) or real(x, size, fmt))
-    cfg = make_config({"epochs": 4, "train_size": 200, "batch_size": 50, "progress": False,
-                       "progressive_resize": 0.5, "resize_finetune": 0.5, "out": str(tmp_path / "run")})
-    train(cfg, log=QUIET)
-    assert seen[0] == 16 and seen[-1] == 32 and seen == sorted(seen)  # shapes is 32 px
-    assert seen.count(32) == len(seen) // 2  # the second half of the steps at full size
-    assert read_metadata(tmp_path / "run")["preprocess"]["image_size"] == 32  # eval: full size
-
-
 def test_outline_configuration_runs(tmp_path, cli):
     code, out, err = cli("train", "--dataset", "noise", "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
                          "--lr", "1e-3", "--train-size", "64", "--out", tmp_path / "noise", "--no-progress")
@@ -229,11 +176,11 @@ def test_folder_training_and_class_names(tmp_path, cli, image_folder):
                          "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")
-    assert meta["class_names"] == ["cat", "dog"] and model.num_classes == 2
-    assert meta["model_kwargs"]["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
-    assert meta["model_kwargs"]["pool_after"] == ["conv1", "fire4"]
-    assert meta["model_kwargs"]["stem_channels"] == 24 and model.features[0].out_channels == 24
-    assert meta["augment"] == "crop" and meta["crop_pad"] == 3  # compress fine-tunes with them
+    assert meta.class_names == ["cat", "dog"] and model.num_classes == 2
+    assert meta.model_kwargs["squeeze_ratio"] == 0.25 and model.features[3].squeeze.out_channels == 32
+    assert meta.model_kwargs["pool_after"] == ["conv1", "fire4"]
+    assert meta.model_kwargs["stem_channels"] == 24 and model.features[0].out_channels == 24
+    assert meta.augment == "crop" and meta.crop_pad == 3  # compress fine-tunes with them
     pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
     assert [type(model.features[i - 1]).__name__ for i in pools] == ["ReLU", "Fire"]
     assert model.features[pools[1] - 1] is [m for m in model.features if hasattr(m, "squeeze")][2]  # fire4
@@ -274,7 +221,7 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     assert (tmp_path / "run" / "accuracy.png").is_file() and not (tmp_path / "run" / "best_val.json").exists()
     best, last = _weights(tmp_path / "run" / "best.safetensors"), _weights(tmp_path / "run" / "last.safetensors")
     assert all(torch.equal(best[k], last[k]) for k in best)  # nothing to choose an epoch by: the last
-    assert read_metadata(tmp_path / "run")["epoch"] == 2
+    assert read_metadata(tmp_path / "run").epoch == 2
     code, out, err = cli("eval", tmp_path / "run", "--split", "test")
     assert code == 0 and "top-1" in out, err
     code, _, err = cli("eval", tmp_path / "run", "--split", "val")
@@ -297,15 +244,12 @@ def test_final_fit_without_validation_split(tmp_path, cli):
     (["--stem-channels", "0"], "--stem-channels must be at least 1"),
     (["--erase", "1.5"], "--erase must be a probability in [0, 1]"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
-    (["--lookahead", "-5"], "--lookahead must be a number of steps >= 0"),
     (["--muon-lr", "0"], "--muon-lr must be a positive number"),
     (["--muon-momentum", "1"], "--muon-momentum must be in [0, 1)"),
     (["--muon-ns-steps", "0"], "--muon-ns-steps must be at least 1"),
     (["--crop-pad", "0"], "--crop-pad must be at least 1 pixel"),
     (["--time-budget", "soon"], "expected a duration like 45m"),
     (["--time-budget", "0"], "--time-budget must be a positive duration"),
-    (["--progressive-resize", "0"], "--progressive-resize must be a starting scale in (0, 1]"),
-    (["--resize-finetune", "1.5"], "--resize-finetune must be a fraction in [0, 1]"),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, cli, flags, message):
     code, _, err = cli("train", *flags, "--out", tmp_path / "run")

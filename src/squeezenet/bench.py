@@ -9,71 +9,34 @@ a shared machine are noisy: compare runtimes within one run.
 
 from __future__ import annotations
 
-import itertools
-import os
-import time
+import logging
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from .checkpoint import load_checkpoint
+from .device import use_all_cores
+from .errors import UsageError
+from .export import onnx_bytes, ort_session
+from .quantize import quantize_model
+from .timing import measure
+from .zoo import create_model, list_models
+
+log = logging.getLogger("squeezenet")
 
 RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
 
 
-def measure(fns: dict, x, seconds: float = 2.0, slice_s: float = 0.25, warmup: int = 2,
-            min_iters: int = 3, pause_s: float = 0.05) -> dict:
-    """Time every ``fns[name](x)`` for about ``seconds`` each, interleaved in short slices, so a
-    load change on a shared machine hits every runtime alike and their ratios stay fair.
-    Each slice starts after a pause (the previous runtime's spinning onnxruntime threads go idle)
-    and one untimed call (the pool threads wake, caches fill); the order rotates every round, so
-    no runtime always follows the same one.
-    Returns name -> images/s over the timed calls and p50/p95 of the per-call latency."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(x)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    spent = dict.fromkeys(fns, 0.0)
-    names = list(fns)
-    for round_ in itertools.count():
-        todo = [n for n in names if spent[n] < seconds or len(times[n]) < min_iters]
-        if not todo:
-            break
-        shift = round_ % len(todo)
-        for name in todo[shift:] + todo[:shift]:
-            fn = fns[name]
-            time.sleep(pause_s)
-            fn(x)
-            end = time.perf_counter() + slice_s
-            while True:
-                t = time.perf_counter()
-                fn(x)
-                times[name].append(time.perf_counter() - t)
-                spent[name] += times[name][-1]
-                if time.perf_counter() >= end:
-                    break
-    out = {}
-    for name, ts in times.items():
-        ms = np.array(ts) * 1000
-        out[name] = {"images_per_s": len(x) * len(ts) / sum(ts), "p50_ms": float(np.percentile(ms, 50)),
-                     "p95_ms": float(np.percentile(ms, 95)), "iterations": len(ts)}
-    return out
-
-
 def load_subject(target: str, input_size: int | None = None, num_classes: int = 1000):
     """(model, input size, input channels, description) for an architecture name or a checkpoint."""
-    from .errors import UsageError
-    from .zoo import create_model, list_models
-
     if target in list_models():
         model = create_model(target, num_classes=num_classes).eval()
         size = input_size or 224
         name = f"{target} (random weights, {num_classes} classes)"
     elif Path(target).exists() or target.endswith(".safetensors"):
-        from .checkpoint import load_checkpoint
-
         model, meta = load_checkpoint(target)
-        size = input_size or meta["preprocess"]["image_size"]
-        name = f"{target} ({meta['arch']})"
+        size = input_size or meta.preprocess.image_size
+        name = f"{target} ({meta.arch})"
     else:
         raise UsageError(f"{target!r} is neither an architecture ({', '.join(list_models())}) nor a "
                          f"checkpoint file")
@@ -84,8 +47,6 @@ def load_subject(target: str, input_size: int | None = None, num_classes: int = 
 
 def make_runners(model, example: torch.Tensor, runtimes=RUNTIMES, calib: torch.Tensor | None = None):
     """name -> (callable on a float NCHW batch, or None, and a note: why skipped / what it is)."""
-    from .export import onnx_bytes, ort_session
-
     runners = {}
     model = model.eval()
     if "eager" in runtimes:
@@ -136,13 +97,9 @@ def _compiled(model, example):
 def _int8(fp32: bytes, calib: torch.Tensor):
     import tempfile
 
-    from .quantize import quantize_model
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "int8.onnx"
         quantize_model(fp32, calib.numpy(), path)
-        from .export import ort_session
-
         return _ort(ort_session(path)), "onnxruntime int8 (static QDQ, U8S8, per-channel)"
 
 
@@ -162,19 +119,18 @@ def training_step(model, size: int, channels: int, batch: int, seconds: float) -
 
 
 def bench(target: str = "squeezenet1_1", input_size: int | None = None, batch_sizes=(1, 32),
-          runtimes=RUNTIMES, seconds: float = 2.0, train: bool = True, log=print) -> dict:
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+          runtimes=RUNTIMES, seconds: float = 2.0, train: bool = True) -> dict:
+    use_all_cores()
     model, size, channels, name = load_subject(target, input_size)
     g = torch.Generator().manual_seed(0)
     example = torch.randn(max(batch_sizes), channels, size, size, generator=g)
-    log(f"{name} at {size}x{size}, {torch.get_num_threads()} threads; preparing runtimes ...")
+    log.info(f"{name} at {size}x{size}, {torch.get_num_threads()} threads; preparing runtimes ...")
     runners = make_runners(model, example[:1], runtimes, calib=example)
     skipped = {rt: note for rt, (fn, note) in runners.items() if fn is None}
     fns = {rt: fn for rt, (fn, _) in runners.items() if fn is not None}
     records = []
     for b in batch_sizes:
-        log(f"batch {b} ...")
+        log.info(f"batch {b} ...")
         for rt, r in measure(fns, example[:b], seconds).items():
             records.append({"runtime": rt, "batch_size": b, **r, "note": runners[rt][1]})
     if train:
@@ -182,7 +138,7 @@ def bench(target: str = "squeezenet1_1", input_size: int | None = None, batch_si
         records.append({"runtime": "train-step", "batch_size": b,
                         **training_step(model, size, channels, b, seconds),
                         "note": "forward + backward + SGD step, channels_last"})
-    log(format_table(records, skipped))
+    log.info(format_table(records, skipped))
     return {"model": name, "input_size": size, "threads": torch.get_num_threads(),
             "records": records, "skipped": skipped}
 

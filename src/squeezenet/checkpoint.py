@@ -1,17 +1,10 @@
-"""Checkpoints: weights in safetensors (no pickles) with everything needed to use them in the
-metadata (architecture, options, class names, preprocessing); trainer state via ``weights_only``.
-
-Every write is atomic (temporary file, fsync, rename), so a crash never leaves a half-written
-file that a resume or an ``eval`` would read.
-"""
+"""Checkpoints: weights in safetensors (no pickles) with the run's ``RunMeta`` in the metadata,
+and the trainer's state for ``--resume`` through ``weights_only`` loading. Every write is atomic
+(``files.atomic_path``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,55 +12,21 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import SqueezeNetError
+from .files import atomic_path
 from .model import SqueezeNet
-from .zoo import create_model, load_weights
+from .runs import RunMeta
+from .zoo import create_model, list_models, load_weights
 
 FORMAT = "squeezenet-checkpoint/1"
 STATE_KEYS = ("epoch", "model", "optimizer", "scheduler", "history")
 
 
-def crash_point(name: str) -> None:
-    """Test hook proving crash safety: ``SQUEEZENET_KILL_AT=NAME`` SIGKILLs this process when it
-    reaches the point NAME (e.g. ``epoch2-step3``, ``before-rename:last.state.pt``)."""
-    if os.environ.get("SQUEEZENET_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        crash_point(f"before-rename:{path.name}")
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-        crash_point(f"after-rename:{path.name}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def save_checkpoint(path: str | Path, model: SqueezeNet, meta: dict) -> None:
-    """``meta`` holds at least ``arch``, ``model_kwargs``, ``class_names`` and ``preprocess``."""
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: RunMeta | dict) -> None:
+    """``meta``: a RunMeta, or its dict (at least arch, model_kwargs, class_names, preprocess)."""
+    meta = meta if isinstance(meta, RunMeta) else RunMeta.parse(meta)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, **meta.to_metadata()})
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -80,29 +39,67 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def read_metadata(path: str | Path) -> dict:
-    path = resolve_checkpoint(path)
+def _header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """(raw metadata, tensor name -> shape), read from the file's header alone."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
+            return f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise SqueezeNetError(f"{path} is not a safetensors checkpoint ({e})") from None
+
+
+def read_metadata(path: str | Path) -> RunMeta:
+    """The RunMeta of a checkpoint or run directory. Checkpoints written before ``augment`` and
+    ``crop_pad`` joined the metadata take them from their run's config.json."""
+    path = resolve_checkpoint(path)
+    raw, _ = _header(path)
+    return _parse(path, raw)
+
+
+def _parse(path: Path, raw: dict) -> RunMeta:
     if raw.get("format") != FORMAT:
         raise SqueezeNetError(f"{path} is not a checkpoint written by `squeezenet train` (no "
                               f"{FORMAT} metadata); load plain weights with create_model(weights=...)")
     try:
-        return {k: json.loads(v) for k, v in raw.items() if k != "format"}
-    except json.JSONDecodeError as e:
-        raise SqueezeNetError(f"{path} has corrupt metadata ({e})") from None
+        meta = RunMeta.from_metadata(raw)
+    except SqueezeNetError as e:
+        raise SqueezeNetError(f"{path}: {e}") from None
+    config = path.parent / "config.json"
+    missing = {"augment", "crop_pad"} - {k for k in raw}
+    if missing and config.is_file():
+        try:
+            saved = json.loads(config.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        meta = meta.replace(**{k: saved[k] for k in missing if saved.get(k) not in (None, "auto")})
+    return meta
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SqueezeNet, dict]:
-    """The model (eval mode) and the metadata of a checkpoint or run directory."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SqueezeNet, RunMeta]:
+    """The model (eval mode) and RunMeta of a checkpoint or run directory. The architecture the
+    metadata describes is checked against the file's tensor shapes before any weight is built."""
     path = resolve_checkpoint(path)
-    meta = read_metadata(path)
-    model = create_model(meta["arch"], **meta["model_kwargs"])
+    raw, shapes = _header(path)
+    meta = _parse(path, raw)
+    model = build_checked(meta, shapes, str(path))
     load_weights(model, path)
     return model.to(device).eval(), meta
+
+
+def build_checked(meta: RunMeta, shapes: dict[str, tuple[int, ...]], source: str) -> SqueezeNet:
+    """``meta``'s model, after its shapes (from a model on the meta device: no memory) match ``shapes``."""
+    if meta.arch not in list_models():
+        raise SqueezeNetError(f"{source}: unknown architecture {meta.arch!r} in its metadata "
+                              f"(this version builds {', '.join(list_models())})")
+    with torch.device("meta"):
+        skeleton = create_model(meta.arch, **meta.model_kwargs)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    wrong = [f"{k}: file {shapes.get(k)}, metadata {v}" for k, v in expected.items()
+             if shapes.get(k) != v and not k.endswith("num_batches_tracked")]
+    if wrong:
+        raise SqueezeNetError(f"{source}: its metadata does not describe its weights ({'; '.join(wrong[:3])}"
+                              f"{'; ...' if len(wrong) > 3 else ''}): the file is damaged or was edited")
+    return create_model(meta.arch, **meta.model_kwargs)
 
 
 def save_state(path: str | Path, state: dict) -> None:

@@ -1,41 +1,26 @@
 """``squeezenet`` command line: parses flags and calls the library, nothing more.
 
 Exit codes: 0 success, 2 usage error, 1 any other failure (one message on stderr; a traceback
-only with --debug).
+only with --debug), 130/143 when Ctrl-C or SIGTERM stopped training (its state saved).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import SqueezeNetError, UsageError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    return value
-
-
-def _duration(text: str) -> float:
-    """Seconds from '2700', '2700s', '45m' or '1.5h'."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
-    try:
-        return float(number) * unit
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 45m, 900s or 1.5h, got {text!r}") from None
+from .files import DISK_ERRORS
 
 
 def _write_json(path: str | None, obj) -> None:
     if path:
-        from .checkpoint import write_text_atomic
+        from .files import write_text_atomic
 
         write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
@@ -43,95 +28,28 @@ def _write_json(path: str | None, obj) -> None:
 # ----------------------------------------------------------------------------- info
 
 def cmd_info(args) -> int:
-    from .summary import format_info
-    from .zoo import create_model, list_models
+    from .info import describe
 
-    if args.arch not in list_models():
-        raise UsageError(f"unknown architecture {args.arch!r}: choose one of {', '.join(list_models())}")
-    model = create_model(args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
-                         bypass=args.bypass, batch_norm=args.batch_norm, small_input=args.small_input,
-                         final_relu=args.final_relu)
-    if args.input_size < model.min_input_size:
-        raise UsageError(f"--input-size {args.input_size} is below {args.arch}'s minimum input size "
-                         f"{model.min_input_size}")
-    text, summary = format_info(args.arch, model, args.input_size)
+    flags = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
+    text, summary = describe(args.target, args.recipe, args.input_size, args.num_classes, args.in_channels, flags)
     _write_json(args.json, summary)
     print(text)
     return 0
 
 
+MODEL_FLAGS = ("bypass", "batch_norm", "small_input", "final_relu", "squeeze_ratio", "pool_after",
+               "stem_channels", "dropout", "zero_init_residual")
+
+
 # ----------------------------------------------------------------------------- train
 
-TRAIN_FLAGS = [
-    # (flag, type, help)
-    ("--recipe", str, "named recipe (shapes, noise, fashion-mnist, cifar10, folder); flags override it"),
-    ("--arch", str, "architecture (see `squeezenet info --help`)"),
-    ("--dataset", str, "shapes (default), noise, fashion-mnist, cifar10 or folder"),
-    ("--data-dir", str, "where the data set lives (folder: DIR/<class>/<images>)"),
-    ("--image-size", _positive_int, "resize images to N x N (default: the data set's own size)"),
-    ("--val-fraction", float, "fraction of the training data held out for validation (0.1); 0 trains on "
-                              "all of it (a final fit: no per-epoch validation; the last epoch is best)"),
-    ("--epochs", _positive_int, "number of epochs (total, also when resuming)"),
-    ("--time-budget", _duration, "train for this long (45m, 900s, 1.5h) instead of --epochs: the schedule "
-                                 "runs on elapsed training time and ends with the budget"),
-    ("--batch-size", _positive_int, "global batch size"),
-    ("--optimizer", str, "sgd (Nesterov), adam, adamw or muon (Muon on the Fire filters, SGD on the rest)"),
-    ("--lr", float, "peak learning rate"),
-    ("--momentum", float, "SGD momentum (0.9)"),
-    ("--muon-lr", float, "with --optimizer muon: the Fire filters' peak lr, a relative step size (0.05)"),
-    ("--muon-momentum", float, "with --optimizer muon: the Fire filters' Nesterov momentum (0.6)"),
-    ("--muon-ns-steps", int, "with --optimizer muon: Newton-Schulz iterations per step (5; airbench runs 3)"),
-    ("--weight-decay", float, "weight decay (not applied to biases and BatchNorm)"),
-    ("--schedule", str, "onecycle, cosine, step or constant (after linear warm-up)"),
-    ("--warmup-epochs", float, "epochs of linear learning-rate warm-up"),
-    ("--label-smoothing", float, "label smoothing (0 = off)"),
-    ("--grad-clip", float, "clip the gradient norm to this value (0 = off)"),
-    ("--ema", float, "keep an exponential moving average of the weights with this decay (0 = off)"),
-    ("--augment", str, "auto, none, flip, crop, crop-noflip or rrc (random-resized crop)"),
-    ("--lookahead", int, "Lookahead: every N steps pull the weights halfway back to the slow weights (0 = off)"),
-    ("--crop-pad", int, "pad-and-crop shift in pixels for --augment crop (default: 1/8 of the image, 4 at 32 px)"),
-    ("--progressive-resize", float, "progressive resizing: training images start at this fraction of their "
-                                    "side and grow to full size (1 = off)"),
-    ("--resize-finetune", float, "with --progressive-resize, the final fraction of training at full size (0.2)"),
-    ("--erase", float, "random erasing: probability per training image of noise over a random rectangle (0 = off)"),
-    ("--bypass", str, "none, simple or complex (paper section 6)"),
-    ("--dropout", float, "dropout before conv10 (0.5)"),
-    ("--squeeze-ratio", float, "the paper's SR: squeeze channels / expand channels (0.125 in v1.0 and v1.1)"),
-    ("--pool-after", str, "the layers the 3x3/2 max-pools follow, e.g. conv1,fire3,fire7 (default: "
-                          "the version's: conv1,fire3,fire5 in v1.1, conv1,fire4,fire8 in v1.0)"),
-    ("--stem-channels", int, "conv1's filters (default: the version's, 64 in v1.1, 96 in v1.0)"),
-    ("--weights", str, "initial weights: a .pth/.safetensors file, or 'torchvision' (download)"),
-    ("--device", str, "auto, cpu or cuda"),
-    ("--amp", str, "mixed precision: auto (bf16 where the GPU or CPU has it natively), bf16, fp16 or off"),
-    ("--seed", int, "random seed (0): initialisation, order, augmentation, and the split unless --split-seed"),
-    ("--split-seed", int, "seed of the train/val split alone (default: --seed); fix it to compare seeds on one split"),
-    ("--out", str, "output directory (default runs/<timestamp>)"),
-    ("--resume", str, "continue the run in this directory from its last completed epoch"),
-    ("--stop-after", _positive_int, "end this invocation after N epochs (continue with --resume)"),
-    ("--train-size", _positive_int, "use a seeded random subset of N training images (quick runs)"),
-    ("--tta-shift", _positive_int, "with --tta, eval also averages views shifted by N pixels (0 = flip only)"),
-]
-TRAIN_SWITCHES = [
-    ("--batch-norm", "BatchNorm after every conv (off by default, as in the paper)"),
-    ("--small-input", "3x3 stride-1 stem without pooling, for 28-32 px images"),
-    ("--final-relu", "ReLU after conv10, as in the paper (on by default)"),
-    ("--zero-init-residual", "with BN, bypassed Fire modules start as the identity (on by default)"),
-    ("--channels-last", "NHWC memory format (faster on CPU; on by default)"),
-    ("--tta", "evaluate with horizontal-flip test-time augmentation"),
-    ("--alternate-flip", "mirror each training image in every other epoch instead of at random"),
-    ("--whiten", "initialise conv1 as a patch-whitening transform of the training images"),
-    ("--strict", "unreadable images are an error instead of a skipped warning"),
-    ("--progress", "progress bar (default: on terminals only)"),
-]
-
-
 def cmd_train(args) -> int:
-    from .train import make_config, num_threads_default, train
+    from .config import make_config, option_fields
+    from .device import use_all_cores
+    from .train import train
 
-    values = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-              for flag, *_ in TRAIN_FLAGS + TRAIN_SWITCHES}
-    cfg = make_config(values)
-    num_threads_default()
+    cfg = make_config({f.name: getattr(args, f.name) for f in option_fields()}, args.config)
+    use_all_cores()
     train(cfg)
     return 0
 
@@ -140,22 +58,23 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
-    from .data import load_eval_split
-    from .evaluate import MAX_TTA_SHIFT, evaluate
+    from .config import MAX_TTA_SHIFT
+    from .evaluate import evaluate
+    from .splits import eval_loader
 
     model, meta = load_checkpoint(args.checkpoint)
-    data, loader = load_eval_split(meta, args.dataset, args.data_dir, args.split, args.batch_size)
-    tta = meta.get("tta", False) if args.tta is None else args.tta
-    shift = meta.get("tta_shift", 0) if args.tta_shift is None else args.tta_shift
+    data, loader = eval_loader(meta, args.dataset, args.data_dir, args.split, args.batch_size)
+    tta = meta.tta if args.tta is None else args.tta
+    shift = meta.tta_shift if args.tta_shift is None else args.tta_shift
     if not 0 <= shift <= MAX_TTA_SHIFT:
         raise UsageError(f"--tta-shift must be 0 to {MAX_TTA_SHIFT} pixels, got {shift}")
     shift = shift if tta else 0
-    result = evaluate(model, loader, len(meta["class_names"]), tta=tta, shift=shift)
-    classes = meta["class_names"]
+    result = evaluate(model, loader, meta.num_classes, tta=tta, shift=shift)
+    classes = meta.class_names
     _write_json(args.json, {"checkpoint": str(args.checkpoint), "split": args.split, "tta": tta,
                             "tta_shift": shift, "classes": classes, **result})
     views = (f", flip + {shift} px shift TTA (6 views)" if shift else ", flip TTA") if tta else ""
-    print(f"{args.checkpoint}: {meta['arch']} on {args.dataset or meta['dataset']} {args.split} "
+    print(f"{args.checkpoint}: {meta.arch} on {args.dataset or meta.dataset} {args.split} "
           f"({result['count']:,} images{views})")
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     width = max(len(c) for c in classes)
@@ -237,35 +156,57 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .data.store import clear_stores, list_stores, stores_dir
+
+    if args.action == "clear":
+        print(f"removed the decode cache in {stores_dir()} ({clear_stores() / 1e9:.2f} GB)")
+        return 0
+    stores = list_stores()
+    for s in stores:
+        print(f"{s['key']}  {'x'.join(map(str, s['shape'])):>20}  {s['bytes'] / 1e9:7.2f} GB  {s['source']}")
+    print(f"{len(stores)} decoded data sets, {sum(s['bytes'] for s in stores) / 1e9:.2f} GB in {stores_dir()}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .model import BYPASS_MODES
-    from .zoo import list_models
+    from .config import add_train_arguments
 
     p = argparse.ArgumentParser(prog="squeezenet", description=(
         "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters. Train, evaluate, predict, "
         "export, quantize, compress and benchmark."))
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("info", help="per-layer table: shapes, parameters, multiply-adds")
-    s.add_argument("arch", help=f"one of {', '.join(list_models())}")
-    s.add_argument("--input-size", type=_positive_int, default=224)
-    s.add_argument("--num-classes", type=_positive_int, default=1000)
-    s.add_argument("--in-channels", type=_positive_int, default=3)
-    s.add_argument("--bypass", choices=BYPASS_MODES, default="none")
-    s.add_argument("--batch-norm", action="store_true")
-    s.add_argument("--small-input", action="store_true")
-    s.add_argument("--final-relu", action=argparse.BooleanOptionalAction, default=True)
+    s = sub.add_parser("info", help="per-layer table of any model: shapes, parameters, multiply-adds")
+    s.add_argument("target", nargs="?", metavar="ARCH|CHECKPOINT", help="an architecture or a checkpoint "
+                   "(default: squeezenet1_1, or the --recipe's model)")
+    s.add_argument("--recipe", help="the model of this training recipe")
+    s.add_argument("--input-size", type=_positive)
+    s.add_argument("--num-classes", type=_positive)
+    s.add_argument("--in-channels", type=_positive)
+    add_train_arguments(s, groups=("model",), only=MODEL_FLAGS)
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("train", help="train a model (default: the built-in shapes data set)")
-    for flag, typ, text in TRAIN_FLAGS:
-        s.add_argument(flag, type=typ, default=None, help=text)
-    for flag, text in TRAIN_SWITCHES:
-        s.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    s.add_argument("--config", metavar="FILE", help="settings from a TOML file or a run's config.json; "
+                   "flags override them")
+    add_train_arguments(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix")
@@ -273,23 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", help="default: the data set the checkpoint was trained on")
     s.add_argument("--data-dir")
     s.add_argument("--split", choices=("val", "test"), default="test")
-    s.add_argument("--batch-size", type=_positive_int, default=256)
+    s.add_argument("--batch-size", type=_positive, default=256)
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (default: as trained)")
-    s.add_argument("--tta-shift", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--tta-shift", type=int, default=None, metavar="N",
                    help="with TTA, also average views shifted by N pixels (default: as trained)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("predict", help="top-k labels with probabilities for image files")
+    s = sub.add_parser("predict", help="top-k labels with probabilities for image files or folders")
     s.add_argument("checkpoint")
-    s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--top-k", type=_positive_int, default=5)
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
+    s.add_argument("--top-k", type=_positive, default=5)
     s.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="auto: the fastest available (onnxruntime when installed)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_predict)
+    _add_deploy_parsers(sub)
+    return p
 
+
+def _add_deploy_parsers(sub) -> None:
     s = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch, metadata inside")
     s.add_argument("checkpoint")
     s.add_argument("--format", required=True, help="onnx or torchscript")
@@ -302,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images")
     s.add_argument("checkpoint")
     s.add_argument("--calib-data", help="folder of calibration images (default: the checkpoint's training data)")
-    s.add_argument("--calib-images", type=_positive_int, default=256)
+    s.add_argument("--calib-images", type=_positive, default=256)
     s.add_argument("--out", help="default: beside the checkpoint (.int8.onnx)")
     s.add_argument("--split", choices=("val", "test"), default="test", help="where top-1 is measured")
     s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model for the speed figure")
@@ -313,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("--sparsity", type=float, default=0.5, help="fraction of conv weights pruned (0.5)")
     s.add_argument("--bits", type=int, default=4, help="bits per shared weight (4)")
-    s.add_argument("--steps", type=int, default=3000, help="retraining steps in all, batch 128 (3000)")
+    s.add_argument("--steps", type=_positive, default=3000, help="retraining steps in all, batch 128 (3000)")
     s.add_argument("--out", help="default: beside the checkpoint (.sqz)")
     s.add_argument("--split", choices=("val", "test"), default="test")
     s.add_argument("--json")
@@ -321,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="inference img/s and latency per runtime, plus a training step")
     s.add_argument("target", nargs="?", default="squeezenet1_1", metavar="ARCH|CHECKPOINT")
-    s.add_argument("--input-size", type=_positive_int, help="default: 224, or the checkpoint's")
+    s.add_argument("--input-size", type=_positive, help="default: 224, or the checkpoint's")
     s.add_argument("--batch-sizes", default="1,32")
     s.add_argument("--runtimes", help="comma-separated subset of eager,channels_last,compile,"
                                       "onnxruntime,onnxruntime-int8")
@@ -330,30 +275,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time a training step")
     s.add_argument("--json")
     s.set_defaults(func=cmd_bench)
-    return p
+
+    s = sub.add_parser("cache", help="list or clear the decode cache of image folders")
+    s.add_argument("action", choices=("list", "clear"), nargs="?", default="list")
+    s.set_defaults(func=cmd_cache)
 
 
-def _format_warning(message, category, filename, lineno, line=None):
-    return f"warning: {message}\n"
+class _Console(logging.Handler):
+    """Library messages to stdout (warnings and errors to stderr), bound to the streams of this call."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        stream.write(prefix + record.getMessage() + "\n")
+        stream.flush()
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    logger = logging.getLogger("squeezenet")
+    for h in [h for h in logger.handlers if isinstance(h, _Console)]:
+        logger.removeHandler(h)
+    logger.addHandler(_Console())
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    warnings.formatwarning = _format_warning
+    configure_logging(args.quiet, args.verbose)
+    where = f"squeezenet {args.command}"
     try:
         return args.func(args)
     except UsageError as e:
         if args.debug:
             raise
-        parser.exit(2, f"squeezenet {args.command}: error: {e}\n")
+        parser.exit(2, f"{where}: error: {e}\n")
     except SqueezeNetError as e:
         if args.debug:
             raise
-        print(f"squeezenet {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        print(f"{where}: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader left early (`squeezenet eval ... | head`): stop quietly, as Unix tools do.
@@ -361,6 +326,24 @@ def main(argv=None) -> int:
         # the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # the last resort: one line in words, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"{where}: error: {_in_words(e)}", file=sys.stderr)
+        return 1
+
+
+def _in_words(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return ("out of memory: use a smaller --batch-size or --image-size, or free memory "
+                "(run with --debug for the traceback)")
+    if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+        where = f" on {e.filename}" if e.filename else ""
+        return f"{DISK_ERRORS[e.errno]}{where} ({e.strerror}); free space or fix the permissions and run again"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror or e} ({Path(os.fsdecode(e.filename))})"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"unexpected {type(e).__name__}: {text[:300]} (run with --debug for the traceback; please report it)"
 
 
 if __name__ == "__main__":

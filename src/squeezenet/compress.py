@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import logging
 import lzma
 import math
 import struct
@@ -24,12 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import atomic_path, load_checkpoint, resolve_checkpoint
+from .checkpoint import build_checked, load_checkpoint, resolve_checkpoint
+from .data import DEFAULT_AUGMENT, Loader
+from .device import autocast
 from .errors import SqueezeNetError, UsageError
-from .zoo import create_model, load_weights
+from .evaluate import evaluate
+from .export import default_out
+from .files import atomic_path
+from .runs import RunMeta
+from .splits import eval_loader, run_splits
+from .train import Diverged, train_one_epoch
+from .zoo import load_weights
+
+log = logging.getLogger("squeezenet")
 
 MAGIC = b"SQZC2\n"
 
@@ -61,57 +71,42 @@ def apply_masks(model: nn.Module, masks: dict) -> None:
             w.mul_(masks[name])
 
 
-def training_batches(meta: dict, batch_size: int = 128):
+def training_batches(meta: RunMeta, batch_size: int = 128):
     """An endless stream of augmented batches from the checkpoint's own training split (the
-    validation and test images stay unseen)."""
-    from .data import Loader, checkpoint_splits
-    from .train import DEFAULT_AUGMENT
-
-    pre = meta["preprocess"]
+    validation and test images stay unseen), under the augmentation the model was trained with,
+    crop shift included: a stronger one cost a compressed model accuracy. Random erasing is left
+    out: a regulariser for a long run's overfitting, not for these short stages."""
     try:
-        train_set, _ = checkpoint_splits(meta)
+        train_set, _ = run_splits(meta)
     except SqueezeNetError as e:
-        raise SqueezeNetError(f"fine-tuning needs the checkpoint's training data ({meta['dataset']}): {e}") from None
-    train_set.mean, train_set.std = tuple(pre["mean"]), tuple(pre["std"])
-    # Retrain under the augmentation the model was trained with, crop shift included (the cifar10
-    # recipe's 2 px, fashion-mnist's 1 px; not the default 4 px): a stronger augmentation than the
-    # model's own cost the compressed flip-only Fashion-MNIST model accuracy. Random erasing (the
-    # cifar10 recipe's 0.25) is left out: a regulariser for a long run's overfitting, not needed in
-    # these short stages (not measured).
-    augment = meta.get("augment") or DEFAULT_AUGMENT.get(meta["dataset"], "none")
+        raise SqueezeNetError(f"fine-tuning needs the checkpoint's training data ({meta.dataset}): {e}") from None
+    augment = meta.augment or DEFAULT_AUGMENT.get(meta.dataset, "none")
     loader = Loader(train_set, min(batch_size, len(train_set)), shuffle=True, augment=augment,
-                    seed=meta.get("seed", 0), drop_last=True, channels_last=True,
-                    crop_pad=meta.get("crop_pad"))
+                    seed=meta.seed, drop_last=True, channels_last=True, crop_pad=meta.crop_pad)
     for epoch in itertools.count():
         loader.set_epoch(epoch)
         yield from loader
 
 
 def sgd_stage(model: nn.Module, batches, steps: int, lr: float, project) -> None:
-    """``steps`` SGD steps with the learning rate decayed from ``lr`` to 0 along a cosine, so the
-    stage ends settled (a converged model fine-tuned at a constant rate ends in its noise);
-    ``project`` puts the weights back on the constraint set (pruned / shared) after every step."""
-    from .train import native_bf16
-
-    model.to(memory_format=torch.channels_last).train()
+    """``steps`` SGD steps through the trainer's ``train_one_epoch``, the learning rate decayed
+    from ``lr`` to 0 along a cosine, so the stage ends settled (a converged model fine-tuned at a
+    constant rate ends in its noise); ``project`` puts the weights back on the constraint set
+    (pruned / shared) after every step."""
+    model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-5, nesterov=True)
-    # bf16 autocast where the CPU has it natively (1.6x the fp32 step on AVX512-BF16), as in training
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16(torch.device("cpu")))
-    for k in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
-        x, y = next(batches)
-        with autocast:
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        project()
+    cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    try:
+        train_one_epoch(model, batches, opt, scheduler=cosine, amp=autocast("auto", torch.device("cpu")),
+                        max_steps=steps, after_step=project)
+    except Diverged as d:
+        raise SqueezeNetError(f"fine-tuning diverged at step {d.step + 1} (loss {d.loss}): "
+                              f"nothing was written") from None
     model.eval()
 
 
-def finetune(model: nn.Module, meta: dict, sparsity: float, bits: int, steps: int, prune_steps: int = 3,
-             lr: float = 0.01, log=print, after_pruning=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def finetune(model: nn.Module, meta: RunMeta, sparsity: float, bits: int, steps: int, prune_steps: int = 3,
+             lr: float = 0.01, after_pruning=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Deep Compression's two retraining phases, ``steps`` SGD steps in all:
     1. prune to ``sparsity`` in ``prune_steps`` equal steps, each followed by retraining with the
        pruned weights held at zero;
@@ -128,7 +123,7 @@ def finetune(model: nn.Module, meta: dict, sparsity: float, bits: int, steps: in
         target = sparsity * (stage + 1) / prune_steps
         masks = prune_masks(model, target)
         apply_masks(model, masks)
-        log(f"  pruned to {target:.0%} sparsity; retraining {per_stage} steps")
+        log.info(f"  pruned to {target:.0%} sparsity; retraining {per_stage} steps")
         sgd_stage(model, batches, per_stage, lr, functools.partial(apply_masks, model, masks))
     if after_pruning is not None:
         after_pruning(model)
@@ -156,7 +151,7 @@ def finetune(model: nn.Module, meta: dict, sparsity: float, bits: int, steps: in
                 w[masks[name]] = codebook[idx]
 
     share()
-    log(f"  shared weights ({bits}-bit codebooks per layer); retraining them {per_stage} steps")
+    log.info(f"  shared weights ({bits}-bit codebooks per layer); retraining them {per_stage} steps")
     sgd_stage(model, batches, per_stage, lr, share)
     return shared
 
@@ -180,12 +175,12 @@ def kmeans_1d(values: torch.Tensor, bits: int, iters: int = 25) -> tuple[torch.T
     return centroids.float(), codes.to(torch.uint8)
 
 
-def encode(model: nn.Module, meta: dict, bits: int, shared: dict | None = None) -> bytes:
+def encode(model: nn.Module, meta: RunMeta, bits: int, shared: dict | None = None) -> bytes:
     """The compressed file's bytes: header (JSON) + per-tensor payloads, LZMA-compressed. Conv
     weights are stored as a bitmask + ``bits``-bit codes + codebook: ``shared``'s (from
     ``finetune``) where given, else a fresh k-means of the surviving weights."""
     convs = set(conv_weights(model))
-    header, chunks = {"meta": meta, "bits": bits, "tensors": []}, []
+    header, chunks = {"meta": meta.to_dict(), "bits": bits, "tensors": []}, []
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         if name in convs:
@@ -215,8 +210,9 @@ def encode(model: nn.Module, meta: dict, bits: int, shared: dict | None = None) 
     return MAGIC + lzma.compress(body, preset=9 | lzma.PRESET_EXTREME)
 
 
-def load_compressed(path: str | Path) -> tuple[nn.Module, dict]:
-    """The model (eval mode) and metadata stored in a ``compress`` file."""
+def load_compressed(path: str | Path) -> tuple[nn.Module, RunMeta]:
+    """The model (eval mode) and metadata stored in a ``compress`` file. The LZMA stream is
+    decompressed only as far as its header says it holds, so a bomb stops there."""
     path = Path(path)
     if not path.is_file():
         raise SqueezeNetError(f"compressed model {path} does not exist")
@@ -224,60 +220,72 @@ def load_compressed(path: str | Path) -> tuple[nn.Module, dict]:
     if not raw.startswith(MAGIC):
         raise SqueezeNetError(f"{path} is not a file written by `squeezenet compress`")
     try:
-        body = lzma.decompress(raw[len(MAGIC):])
-        (n,) = struct.unpack("<I", body[:4])
-        header = json.loads(body[4:4 + n])
-    except (lzma.LZMAError, struct.error, ValueError) as e:
+        stream = lzma.LZMADecompressor()
+        head = stream.decompress(raw[len(MAGIC):], max_length=4)
+        (n,) = struct.unpack("<I", head)
+        if n > MAX_HEADER:
+            raise ValueError(f"a {n:,}-byte header")
+        header = json.loads(_exactly(stream, n))
+        sizes = [size for t in header["tensors"] for size in t["sizes"]]
+        if any(not isinstance(v, int) or v < 0 for v in sizes) or sum(sizes) > MAX_PAYLOAD:
+            raise ValueError("tensor sizes beyond what a SqueezeNet holds")
+        body = _exactly(stream, sum(sizes))
+        if not stream.eof and stream.decompress(b"", max_length=1):
+            raise ValueError("more data than its header describes")
+        meta = RunMeta.parse(header["meta"])
+    except (lzma.LZMAError, EOFError, struct.error, ValueError, KeyError, TypeError, SqueezeNetError) as e:
         raise SqueezeNetError(f"{path} is corrupt ({e})") from None
-    pos, state = 4 + n, {}
+    pos, state = 0, {}
     for t in header["tensors"]:
         parts = []
         for size in t["sizes"]:
             parts.append(body[pos:pos + size])
             pos += size
-        shape = t["shape"]
-        if t["kind"] == "raw":
-            a = np.frombuffer(parts[0], dtype=t["dtype"]).astype(t.get("as", t["dtype"]))
-            state[t["name"]] = torch.from_numpy(a).view(shape)
-        else:
-            numel = math.prod(shape)
-            mask = torch.from_numpy(np.unpackbits(np.frombuffer(parts[0], np.uint8))[:numel].astype(bool))
-            codebook = torch.from_numpy(np.frombuffer(parts[1], np.float32).copy())
-            codes = torch.from_numpy(np.frombuffer(parts[2], np.uint8).astype(np.int64))
-            w = torch.zeros(numel)
-            w[mask] = codebook[codes]
-            state[t["name"]] = w.view(shape)
-    meta = header["meta"]
-    model = create_model(meta["arch"], **meta["model_kwargs"])
+        state[t["name"]] = _decode_tensor(t, parts)
+    model = build_checked(meta, {k: tuple(v.shape) for k, v in state.items()}, str(path))
     load_weights(model, state)
     return model.eval(), meta
 
 
-def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
-             split: str = "test", log=print) -> dict:
-    from .data import load_eval_split
-    from .evaluate import evaluate
-    from .export import default_out
+MAX_HEADER, MAX_PAYLOAD = 1 << 24, 1 << 30  # far above any SqueezeNet's header and weights
 
+
+def _exactly(stream: lzma.LZMADecompressor, n: int) -> bytes:
+    data = stream.decompress(b"", max_length=n) if n else b""
+    if len(data) != n:
+        raise ValueError("truncated")
+    return data
+
+
+def _decode_tensor(t: dict, parts: list[bytes]) -> torch.Tensor:
+    shape = t["shape"]
+    if t["kind"] == "raw":
+        a = np.frombuffer(parts[0], dtype=t["dtype"]).astype(t.get("as", t["dtype"]))
+        return torch.from_numpy(a).view(shape)
+    numel = math.prod(shape)
+    mask = torch.from_numpy(np.unpackbits(np.frombuffer(parts[0], np.uint8))[:numel].astype(bool))
+    codebook = torch.from_numpy(np.frombuffer(parts[1], np.float32).copy())
+    codes = torch.from_numpy(np.frombuffer(parts[2], np.uint8).astype(np.int64))
+    w = torch.zeros(numel)
+    w[mask] = codebook[codes]
+    return w.view(shape)
+
+
+def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
+             split: str = "test") -> dict:
     if not 0 <= sparsity < 1:
         raise UsageError(f"--sparsity must be in [0, 1), got {sparsity}")
     if not 1 <= bits <= 8:
         raise UsageError(f"--bits must be 1..8, got {bits}")
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path)
-    # Checkpoints written before "augment" or "crop_pad" joined the metadata: each missing key
-    # from the run's config.json (most runs have "augment" but not yet "crop_pad").
-    config, missing = path.parent / "config.json", {"augment", "crop_pad"} - meta.keys()
-    if missing and config.is_file():
-        saved = json.loads(config.read_text())
-        meta = {**{k: saved[k] for k in missing if saved.get(k) not in (None, "auto")}, **meta}
-    _, loader = load_eval_split(meta, None, None, split)
-    classes = len(meta["class_names"])
+    _, loader = eval_loader(meta, split=split)
+    classes = meta.num_classes
     before = evaluate(model, loader, classes)["top1"]
-    log(f"{path}: top-1 {before:.2f}% on {split}; pruning to {sparsity:.0%} with {steps} fine-tuning steps")
-    torch.manual_seed(meta.get("seed", 0))
+    log.info(f"{path}: top-1 {before:.2f}% on {split}; pruning to {sparsity:.0%} with {steps} fine-tuning steps")
+    torch.manual_seed(meta.seed)
     pruned = {}
-    shared = finetune(model, meta, sparsity, bits, steps, log=log,
+    shared = finetune(model, meta, sparsity, bits, steps,
                       after_pruning=lambda m: pruned.update(top1=evaluate(m, loader, classes)["top1"]))
     data = encode(model.to(memory_format=torch.contiguous_format), meta, bits, shared)
     out = Path(out) if out else default_out(path, ".sqz")

@@ -7,6 +7,7 @@ trainer reads the same either way. gloo on CPU, nccl on GPU.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,24 @@ class Context:
     def barrier(self) -> None:
         if self.enabled:
             td.barrier()
+
+    @contextmanager
+    def main_first(self):
+        """Rank 0 runs the block first (e.g. decoding data into the shared cache) while the others
+        wait, then they run it (finding the cache ready)."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (e.g. a stop signal reached one rank)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        td.all_reduce(t, op=td.ReduceOp.MAX)
+        return bool(t.item())
 
     def cleanup(self) -> None:
         if self.enabled and td.is_initialized():

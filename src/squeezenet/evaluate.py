@@ -5,15 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MAX_TTA_SHIFT = 4  # pixels: larger shifts move small images' content out of view
-
 
 def tta_views(x: torch.Tensor, tta: bool = False, shift: int = 0) -> list[torch.Tensor]:
     """The images test-time augmentation averages over: ``x``; with ``tta`` also its mirror image;
     with ``shift`` > 0 also both translated by (+shift, +shift) and (-shift, -shift) pixels, with
-    the reflection padding of the crop augmentation (6 views). On the CIFAR-10 recipe's
-    validation split: 86.42% one view, 87.60% flip, 88.28% flip + 1 px shifts (2 px: 88.16%); trained
-    with random erasing (the recipe since stop 21), 90.12% with 2 px shifts against 89.64% with 1 px."""
+    the reflection padding of the crop augmentation (6 views). What each set of views is worth:
+    benchmarks/RESULTS.md#tta-views."""
     views = [x, x.flip(3)] if tta else [x]
     if tta and shift > 0:
         h, w = x.shape[-2:]

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, load_checkpoint
+from .checkpoint import load_checkpoint
 from .errors import SqueezeNetError, UsageError
+from .files import atomic_path
 from .model import Fire
+from .runs import RunMeta
 
 FORMATS = ("onnx", "torchscript")
 # 10: first MaxPool with ceil_mode (the torchvision export bug); 13: per-channel QDQ for quantize;
@@ -31,29 +33,29 @@ TOLERANCE = 1e-4
 EXTRA_FILE = "squeezenet.json"
 
 
-def metadata(meta: dict) -> dict[str, str]:
+def metadata(meta: RunMeta) -> dict[str, str]:
     """What a consumer needs to feed the model: string key/values, JSON where not a plain string."""
-    pre = meta["preprocess"]
-    return {"arch": meta["arch"], "class_names": json.dumps(meta["class_names"]),
-            "image_size": str(pre["image_size"]), "in_channels": str(pre["in_channels"]),
-            "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
+    pre = meta.preprocess
+    return {"arch": meta.arch, "class_names": json.dumps(meta.class_names),
+            "image_size": str(pre.image_size), "in_channels": str(pre.in_channels),
+            "mean": json.dumps(list(pre.mean)), "std": json.dumps(list(pre.std)),
             "input_layout": "NCHW float32, (pixel / 255 - mean) / std",
-            "squeezenet_metadata": json.dumps(meta)}
+            "squeezenet_metadata": json.dumps(meta.to_dict())}
 
 
-def sample_inputs(meta: dict, n: int = 8) -> torch.Tensor:
+def sample_inputs(meta: RunMeta, n: int = 8) -> torch.Tensor:
     """``n`` real, normalised images from the checkpoint's evaluation data (random ones, with a
     warning, where that data is not on this machine)."""
-    from .data import load_eval_split
+    from .splits import eval_data
 
     try:
-        data, _ = load_eval_split(meta, None, None, "test")
+        data = eval_data(meta, split="test")
         return data.batch(torch.arange(min(n, len(data))))
     except SqueezeNetError as e:
         warnings.warn(f"checking the export on random inputs: the evaluation data is unavailable ({e})", stacklevel=2)
-        pre = meta["preprocess"]
+        pre = meta.preprocess
         g = torch.Generator().manual_seed(0)
-        return torch.randn(n, pre["in_channels"], pre["image_size"], pre["image_size"], generator=g)
+        return torch.randn(n, pre.in_channels, pre.image_size, pre.image_size, generator=g)
 
 
 def check_opset(opset: int) -> None:
@@ -89,7 +91,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET,
-               dynamic_batch: bool = True, meta: dict | None = None) -> bytes:
+               dynamic_batch: bool = True, meta: RunMeta | None = None) -> bytes:
     """The serialised ONNX model (eval mode: dropout gone, BatchNorm folded into the convs)."""
     import onnx
 

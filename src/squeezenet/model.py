@@ -100,14 +100,8 @@ class SqueezeNet(nn.Module):
 
     ``small_input`` swaps the ImageNet stem's conv1 (7x7 or 3x3, stride 2, no padding) for a 3x3
     stride-1 conv1 with padding 1, for 28-32 px images; the pools stay where the version has them.
-    With the ImageNet stem a 32 px image is 1x1 by fire6 (v1.1) or fire9 (v1.0), so the last Fire
-    modules see a single pixel and CIFAR accuracy stalls (forresti/SqueezeNet #54). With the small
-    stem, v1.1 at 32 px runs fire2-3 at 16x16, fire4-5 at 8x8 and fire6-9 at 4x4. Measured on the
-    2-core CPU (batch 128, channels_last, training step): 546 img/s at 23.5 M multiply-adds;
-    dropping the pool after conv1 too (fire6-9 at 8x8) costs 90 M multiply-adds and runs at
-    126 img/s, 4.3x slower, which no CPU budget for CIFAR-10 affords. Moving the last pool from
-    after fire5 to after fire7 (``pool_after=("conv1", "fire3", "fire7")``, fire6-7 at 8x8) costs
-    33.8 M multiply-adds and about 0.75x the training speed; the ``cifar10`` recipe uses it.
+    With the ImageNet stem a 32 px image is 1x1 by fire6 (v1.1), so the last Fire modules see a
+    single pixel and CIFAR accuracy stalls (forresti/SqueezeNet #54).
     """
 
     def __init__(self, fires=FIRES, stem_channels: int = 64, stem_kernel: int = 3,
@@ -159,7 +153,7 @@ class SqueezeNet(nn.Module):
         final_conv = nn.Conv2d(channels, num_classes, kernel_size=1)
         # The paper's ReLU after conv10 makes logits non-negative; from scratch with SGD it can
         # kill every class output (the "stuck at chance" reports). ``final_relu=False`` drops it;
-        # measured on shapes, 6 epochs, BN: 24% with it, 89% without. Keys are unchanged.
+        # keys are unchanged. Evidence: benchmarks/RESULTS.md#final-relu
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout), final_conv,
             nn.ReLU(inplace=True) if final_relu else nn.Identity(), nn.AdaptiveAvgPool2d((1, 1))
@@ -175,19 +169,37 @@ class SqueezeNet(nn.Module):
                     nn.init.constant_(m.bias, 0)
         # With BatchNorm, a bypassed Fire starts as the identity (zero BN scale on its expand
         # output, Goyal et al. 2017): summed un-normalised shortcuts otherwise blow up early
-        # training (CIFAR-10, 3 epochs on 8k images, val: 27% with plain init, 45% without bypass,
-        # 53.5% with zero init).
+        # training. Evidence: benchmarks/RESULTS.md#zero-init-residual
         for m in self.features:
             if isinstance(m, Fire) and m.shortcut is not None and batch_norm and zero_init_residual:
                 nn.init.zeros_(m.expand_bn.weight)
         self.min_input_size = min_input_size(self.features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before the classifier: (N, 512, H', W') (timm's name)."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
             self.check_input(x)
-        x = self.features(x)
-        x = self.classifier(x)
-        return torch.flatten(x, 1)
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits from a feature map; ``pre_logits``: the globally pooled features instead."""
+        if pre_logits:
+            return torch.flatten(self.classifier[3](x), 1)
+        return torch.flatten(self.classifier(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh conv10 for ``num_classes`` classes (fine-tuning), initialised as at build time."""
+        if num_classes < 1:
+            raise SqueezeNetError(f"num_classes must be at least 1, got {num_classes}")
+        old = self.classifier[1]
+        conv = nn.Conv2d(old.in_channels, num_classes, kernel_size=1).to(old.weight.device, old.weight.dtype)
+        nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+        nn.init.constant_(conv.bias, 0)
+        self.classifier[1] = conv
+        self.num_classes = num_classes
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -208,27 +220,6 @@ def _spatial(size: int, module: nn.Module) -> int:
     if ceil and (out - 1) * s >= size + p:  # PyTorch drops a window that starts in the padding
         out -= 1
     return out
-
-
-@torch.no_grad()
-def whiten_stem_(model: SqueezeNet, images: torch.Tensor, eps: float = 5e-4) -> int:
-    """Data-dependent init of conv1 (airbench, Jordan 2024): its filters become the eigenvectors of
-    the covariance of the input's conv1-sized patches, each scaled by 1/sqrt(eigenvalue) and used
-    with both signs, so conv1 starts as a patch-whitening transform instead of random projections.
-    ``images`` are normalised training images (N, C, H, W). Filters beyond 2 x (C x k x k), if any,
-    keep their random init; with fewer, the largest-eigenvalue directions are kept. Returns how
-    many filters were set."""
-    conv1 = model.features[0]
-    out_ch, c, kh, kw = conv1.weight.shape
-    patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1)  # N, C, H', W', kh, kw
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw)
-    cov = patches.T @ patches / len(patches)
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
-    pairs = min(c * kh * kw, out_ch // 2)
-    filters = (eigenvectors.T.flip(0)[:pairs] / torch.sqrt(eigenvalues.flip(0)[:pairs, None] + eps))
-    filters = filters.reshape(pairs, c, kh, kw).to(conv1.weight.dtype)
-    conv1.weight[: 2 * pairs] = torch.cat([filters, -filters])
-    return 2 * pairs
 
 
 def feature_size(features: nn.Sequential, size: int) -> int:

@@ -4,20 +4,37 @@ Muon (Jordan et al., 2024; the optimizer of the airbench CIFAR-10 speed records)
 hidden weight matrix's momentum update by its nearest semi-orthogonal matrix, computed with a few
 Newton-Schulz iterations. ``torch.optim.Muon`` implements it for 2-D parameters only and rejects
 4-D conv filters; this module exists to apply it to filters viewed as (out, in x kh x kw)
-matrices, as airbench94_muon does, and reuses PyTorch's own Newton-Schulz routine.
+matrices, as airbench94_muon does. Its Newton-Schulz routine is PyTorch's, op for op (a test
+holds the two optimizers equal to the bit), because PyTorch's is private.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, DEFAULT_NS_STEPS, EPS
-from torch.optim._muon import _zeropower_via_newtonschulz as orthogonalize
 from torch.optim.sgd import sgd as sgd_step
 
 from .model import Fire
 
-NS_COEFFICIENTS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
+# Keller Jordan's quintic (https://kellerjordan.github.io/posts/muon/), as torch.optim.Muon uses it.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+DEFAULT_NS_STEPS = 5
+EPS = 1e-7
+
+
+def orthogonalize(g: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = DEFAULT_NS_STEPS,
+                  eps: float = EPS) -> torch.Tensor:
+    """About the nearest semi-orthogonal matrix to ``g`` (2-D): ``steps`` Newton-Schulz iterations
+    in bf16, which leave its singular values near 1 (in about [0.5, 1.5], which does not hurt)."""
+    a, b, c = coefficients
+    x = g.bfloat16()
+    if g.size(0) > g.size(1):
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
 
 
 def muon_filters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -44,7 +61,7 @@ class MuonSGD(torch.optim.Optimizer):
     foreach path), Nesterov momentum and L2 weight decay. Both rules start the momentum buffer at
     the first gradient.
 
-    One optimizer rather than two, so that the LR scheduler, GradScaler, Lookahead and the
+    One optimizer rather than two, so that the LR scheduler, GradScaler and the
     checkpoint's single optimizer state serve it unchanged.
     """
 
@@ -95,3 +112,24 @@ class MuonSGD(torch.optim.Optimizer):
             update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS)
             scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
             p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
+
+
+def create_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` (a TrainConfig) names. No weight decay on biases and BatchNorm
+    (standard: it only hurts them); with ``muon``, the Fire filters on Muon and the rest on SGD."""
+    hidden = muon_filters(model) if cfg.optimizer == "muon" else []
+    on_muon = {id(p) for p in hidden}
+    decay = [p for p in model.parameters() if p.ndim > 1 and id(p) not in on_muon and p.requires_grad]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1 and p.requires_grad]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "muon":  # the SGD groups first: the progress bar shows group 0's lr
+        groups.append({"params": [p for p in hidden if p.requires_grad], "muon": True, "lr": cfg.muon_lr,
+                       "momentum": cfg.muon_momentum, "weight_decay": cfg.weight_decay,
+                       "normalize": cfg.batch_norm, "ns_steps": cfg.muon_ns_steps})
+        return MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -9,13 +9,15 @@ import matplotlib
 matplotlib.use("Agg")  # files, never windows: works on servers and in CI
 import matplotlib.pyplot as plt
 
-from .checkpoint import atomic_path
+from .files import atomic_path
 
 
 def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: list[dict], out: Path) -> None:

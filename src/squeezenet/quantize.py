@@ -14,34 +14,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_path, load_checkpoint
+from .checkpoint import load_checkpoint
 from .errors import SqueezeNetError
 from .export import DEFAULT_OPSET, default_out, onnx_bytes, ort_session
+from .files import atomic_path
+from .runs import RunMeta
+from .splits import eval_loader, run_splits
+from .timing import measure
 
 NUM_CALIB = 256  # images; MinMax ranges settle well before this on 10-class sets
 
 
-def training_images(meta: dict, calib_data=None, n: int = NUM_CALIB, seed: int = 0) -> torch.Tensor:
+def training_images(meta: RunMeta, calib_data=None, n: int = NUM_CALIB, seed: int = 0) -> torch.Tensor:
     """``n`` normalised images the checkpoint was trained on (its training split, never the
     validation or test images), or from the folder ``calib_data``."""
-    from .data import checkpoint_splits, load_folder
+    from .data import load_folder
 
-    pre = meta["preprocess"]
+    pre = meta.preprocess
     try:
         if calib_data is not None:
             if not Path(calib_data).is_dir():
                 raise SqueezeNetError(f"{calib_data} is not a directory")
-            data = load_folder(calib_data, pre["image_size"], channels=pre["in_channels"])
+            data = load_folder(calib_data, pre.image_size, channels=pre.in_channels)
         else:
-            data, _ = checkpoint_splits(meta)
+            data, _ = run_splits(meta)
     except SqueezeNetError as e:
         source = f"--calib-data {calib_data}" if calib_data is not None else \
-            f"the checkpoint's training data ({meta['dataset']}, data dir {meta.get('data_dir')})"
+            f"the checkpoint's training data ({meta.dataset}, data dir {meta.data_dir})"
         raise SqueezeNetError(f"no calibration data: {source} cannot be read ({e}). Pass --calib-data "
                               f"DIR, a folder of training images (DIR/<class>/<images>)") from None
     if len(data) == 0:
         raise SqueezeNetError("no calibration data: the calibration set holds no images")
-    data.mean, data.std = tuple(pre["mean"]), tuple(pre["std"])
+    data.mean, data.std = tuple(pre.mean), tuple(pre.std)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return data.batch(idx)
 
@@ -130,9 +134,6 @@ def ort_accuracy(session, loader) -> float:
 
 def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_calib: int = NUM_CALIB,
              bench_seconds: float = 2.0) -> dict:
-    from .bench import measure
-    from .data import load_eval_split
-
     model, meta = load_checkpoint(checkpoint)
     calib = training_images(meta, calib_data, num_calib)  # first: no data, no work
     out = Path(out) if out else default_out(checkpoint, ".int8.onnx")
@@ -141,7 +142,7 @@ def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_cal
         quantize_model(fp32, calib.numpy(), tmp)
         int8_session = ort_session(tmp)
         fp32_session = ort_session(fp32)
-        _, loader = load_eval_split(meta, None, None, split, batch_size=256)
+        _, loader = eval_loader(meta, split=split, batch_size=256)
         before, after = ort_accuracy(fp32_session, loader), ort_accuracy(int8_session, loader)
         x = calib[:32].repeat((32 + len(calib) - 1) // len(calib), 1, 1, 1)[:32].numpy()
         speed = measure({name: lambda b, s=s: s.run(None, {"images": b})

@@ -90,3 +90,4 @@ def format_info(arch: str, model: SqueezeNet, input_size: int) -> tuple[str, dic
                "size_mb": round(mb, 3), "min_input_size": model.min_input_size,
                "layers": [r.__dict__ for r in rows]}
     return "\n".join(lines), summary
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ _MODELS = {
 TORCHVISION_URL = "https://download.pytorch.org/models/{file}"
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(pattern: str = "*") -> list[str]:
+    """Architecture names matching a shell-style ``pattern`` (timm's ``list_models``)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
 def create_model(name: str, weights: str | Path | None = None, **kwargs) -> SqueezeNet:

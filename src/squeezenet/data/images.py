@@ -1,0 +1,132 @@
+"""Image files: decoding any mode to uint8 arrays, and finding the images of a class-folder tree."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import SqueezeNetError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# Decompression-bomb guard: refuse images over 64 megapixels (PIL's own default warns at 89 M).
+MAX_IMAGE_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Folders that photo tools and file systems add beside the images: never classes, never images.
+SKIPPED_FOLDERS = {"@eaDir", "__MACOSX", ".AppleDouble", ".thumbnails", "#recycle", "lost+found"}
+DECODER_VERSION = 2  # bump when decoding changes, so that cached pixels are rebuilt
+
+
+def shown(path: str | Path) -> str:
+    """A path safe to print: undecodable bytes of a file name (os.fsdecode's surrogates) as escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def open_rgb(path: Path, channels: int = 3, draft: int | None = None) -> Image.Image:
+    """The image upright (EXIF orientation applied), in RGB or L, transparency over white.
+
+    Any mode (palette, RGBA, 16-bit, CMYK) converts. ``draft``: let JPEG decode at a reduced scale
+    that still covers ``draft`` px on the shorter side."""
+    with Image.open(path) as im:
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse before decoding anything.
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels is over the limit of "
+                                               f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?)")
+        if min(im.size) < 1:
+            raise ValueError(f"empty image ({im.width}x{im.height})")
+        if draft:
+            im.draft("RGB" if channels == 3 else "L", (draft, draft))
+        im = ImageOps.exif_transpose(im)  # phone photos: stored sideways, shown upright
+        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            # 16/32-bit greyscale: PIL's convert would clip at 255 (mostly white); scale 16 -> 8 bit.
+            im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        return im.convert("RGB" if channels == 3 else "L")
+
+
+def resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side resized to ``size`` (antialiased), then the centre ``size`` x ``size`` square."""
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def decode(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
+    """One image file as a (C, size, size) uint8 array: upright, shorter side resized, centre crop."""
+    im = resize_crop(open_rgb(path, channels, draft=image_size), image_size)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _walk_images(folder: Path, notes: dict) -> list[Path]:
+    """Image files under ``folder``, sorted. Hidden and thumbnail folders are skipped; symbolic
+    links to files are read, links to folders are not followed (they can loop or leave the tree)."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for d in list(dirs):
+            p = Path(top) / d
+            if d.startswith(".") or d in SKIPPED_FOLDERS:
+                notes["hidden"].append(p)
+                dirs.remove(d)
+            elif p.is_symlink():
+                notes["linked folders"].append(p)
+        for f in files:
+            p = Path(top) / f
+            if f.startswith(".") or f == "Thumbs.db":
+                continue
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                notes["not images"].append(p)
+            elif p.is_symlink() and not p.exists():
+                notes["broken links"].append(p)
+            else:
+                found.append(p)
+    return sorted(found, key=os.fsencode)
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class folders -> (classes, [(file, label)]). What was left out is said in one warning."""
+    if not root.is_dir():
+        raise SqueezeNetError(f"data directory {shown(root)} does not exist: pass --data-dir DIR with one "
+                              f"sub-folder of images per class (DIR/cat/1.jpg, DIR/dog/2.png, ...)")
+    classes = sorted(d.name for d in root.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.name not in SKIPPED_FOLDERS)
+    if not classes:
+        raise SqueezeNetError(f"{shown(root)} has no class folders: expected DIR/<class name>/<image files>")
+    notes: dict[str, list[Path]] = {"hidden": [], "linked folders": [], "not images": [], "broken links": []}
+    samples = []
+    for label, name in enumerate(classes):
+        images = _walk_images(root / name, notes)
+        if not images:
+            raise SqueezeNetError(f"class folder {shown(root / name)} has no images "
+                                  f"({', '.join(sorted(IMAGE_EXTENSIONS))}): add some or remove it")
+        samples += [(p, label) for p in images]
+    left_out = [f"{len(v)} {k} (e.g. {shown(v[0])})" for k, v in notes.items() if v]
+    if left_out:
+        warnings.warn(f"{shown(root)}: left out {', '.join(left_out)}", stacklevel=3)
+    return classes, samples
+
+
+def load_image_files(paths, image_size: int, channels: int):
+    """(uint8 tensor, names) of images for ``predict``, decoded as training data is; an unreadable
+    one raises, naming it."""
+    import torch
+
+    arrays, paths = [], [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            hint = " (a folder: pass its image files, e.g. DIR/*.jpg)" if p.is_dir() else ""
+            raise SqueezeNetError(f"image {shown(p)} does not exist{hint}")
+        try:
+            arrays.append(decode(p, image_size, channels))
+        except Exception as e:  # PIL's decoders raise many types on hostile bytes
+            raise SqueezeNetError(f"cannot read image {shown(p)}: {type(e).__name__}: {e}") from None
+    return torch.from_numpy(np.stack(arrays)), [shown(p) for p in paths]

@@ -1,0 +1,112 @@
+"""Files: atomic writes, the cache directory, and the crash points the resume tests kill at.
+
+Every artifact is written to a temporary file beside its destination, fsynced and renamed over
+it, so a crash, a full disk or a signal never leaves a half-written file that a resume or an
+``eval`` would read, and the previous version stays byte-identical until the rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import SqueezeNetError
+
+TMP_SUFFIX = ".squeezenet-tmp"  # only files named like this are ours to clean up
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+# Errors whose cause is the machine, not the program: reported in one line, never as a traceback.
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a parent path is a file",
+               errno.EEXIST: "a parent path is a file", errno.EISDIR: "it is a directory"}
+
+
+def crash_point(name: str) -> None:
+    """Test hook proving crash safety: ``SQUEEZENET_KILL_AT=NAME`` SIGKILLs this process when it
+    reaches the point NAME (e.g. ``epoch2-step3``, ``before-rename:last.state.pt``)."""
+    if os.environ.get("SQUEEZENET_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def cache_dir() -> Path:
+    """Decoded data sets and exported models: ``$SQUEEZENET_CACHE``, else ``~/.cache/squeezenet``."""
+    return Path(os.environ.get("SQUEEZENET_CACHE", Path.home() / ".cache" / "squeezenet"))
+
+
+def disk_error(path: str | Path, e: OSError) -> SqueezeNetError:
+    """One clear line for an OSError while writing ``path``."""
+    cause = DISK_ERRORS.get(e.errno, e.strerror or type(e).__name__)
+    return SqueezeNetError(f"cannot write {path}: {cause} ({e.strerror or e}); nothing was changed there. "
+                           f"Free some space or choose another location, then run the command again")
+
+
+def mkdir(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(path, e) from None
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: int = 0o666):
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    The file gets ``mode`` minus the umask (``mkstemp`` would leave it 0600). On any error the
+    temporary file is removed and ``path`` is untouched; disk errors become a SqueezeNetError."""
+    path = Path(path)
+    mkdir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise disk_error(path, e) from None
+    os.close(fd)
+    try:
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, mode & ~_UMASK)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            crash_point(f"before-rename:{path.name}")
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)  # make the rename itself durable
+        except OSError as e:
+            if e.errno in DISK_ERRORS:
+                raise disk_error(path, e) from None
+            raise
+        crash_point(f"after-rename:{path.name}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files a killed writer of ours left in ``folder`` (never another program's)."""
+    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
