@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to 2.13.0 in pyproject.toml: a looser spec pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q -e '.[dev]'
+	# constraints.txt pins the local CPU wheel of torch; the library asks only for a range.
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -2,7 +2,12 @@
 recipe with one thing changed, all on the same subset and validation split (carved from the
 training data; the holdout is never touched here).
 
-    python benchmarks/ablation.py --data-dir data/cifar10-holdout --train-size 8000 --epochs 3
+    python benchmarks/ablation.py --data-dir data/cifar10-holdout --train-size 8000 --epochs 3 \
+        --record cifar10-early-training
+
+``--out`` (default benchmarks/out/, not kept in git) gets the rows' summary; ``--record GROUP``
+also appends each row's run to benchmarks/results/runs.jsonl (benchmarks/record.py) as run
+``GROUP-<row name>`` of group GROUP, where benchmarks/RESULTS.md reads its figures from.
 
 Short runs (the early-training regime, where most of these tricks decide whether SqueezeNet
 trains at all); the full-length effect of each is smaller.
@@ -11,6 +16,7 @@ trains at all); the full-length effect of each is smaller.
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +24,14 @@ from pathlib import Path
 import torch
 
 from squeezenet.checkpoint import load_checkpoint
-from squeezenet.data import load_eval_split
+from squeezenet.config import make_config
 from squeezenet.evaluate import evaluate
 from squeezenet.recipes import RECIPES
-from squeezenet.train import make_config, train
+from squeezenet.splits import eval_loader
+from squeezenet.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record as runs_table  # noqa: E402
 
 ROWS = [
     ("recipe (BN, simple bypass, no final ReLU, label smoothing 0.1, crop+flip, flip TTA, bf16)", {}),
@@ -45,7 +55,8 @@ def main():
     p.add_argument("--train-size", type=int, default=8_000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--rows", default="all", help="comma-separated row numbers, or all")
-    p.add_argument("--out", default="benchmarks/results/ablation_cifar10.json")
+    p.add_argument("--out", default="benchmarks/out/ablation_cifar10.json")
+    p.add_argument("--record", metavar="GROUP", help="also append each row's run to runs.jsonl as group GROUP")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = ROWS if args.rows == "all" else [ROWS[int(i)] for i in args.rows.split(",")]
@@ -55,7 +66,7 @@ def main():
             cfg = make_config({**RECIPES["cifar10"], "data_dir": args.data_dir, "train_size": args.train_size,
                                "epochs": args.epochs, "progress": False, "out": f"{tmp}/row{i}", **change})
             t0 = time.perf_counter()
-            last = train(cfg, log=lambda *a, **k: None)
+            last = train(cfg)
             wall = time.perf_counter() - t0
             rows_ = [json.loads(x) for x in Path(last["out"], "metrics.jsonl").read_text().splitlines()]
             record = {"row": name, "change": change, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
@@ -64,9 +75,12 @@ def main():
                       "wall_seconds": round(wall, 1)}
             if not change:  # TTA is free to ablate: evaluate the recipe's model without it
                 model, meta = load_checkpoint(Path(last["out"]) / "last.safetensors")
-                _, loader = load_eval_split(meta, None, None, "val")
+                _, loader = eval_loader(meta, split="val")
                 record["val_acc_without_tta"] = round(evaluate(model, loader, 10, tta=False)["top1"], 2)
             results.append(record)
+            if args.record:
+                runs_table.record(last["out"], f"{args.record}-{runs_table.slug(name)}", args.record, note=name,
+                                  change=change)
             print(json.dumps(record), flush=True)
     out = {"command": f"python benchmarks/ablation.py --data-dir {args.data_dir} --train-size {args.train_size} "
                       f"--epochs {args.epochs}",

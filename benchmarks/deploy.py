@@ -1,4 +1,4 @@
-"""Issue 5's targets, measured in one run; writes benchmarks/results/deploy.json.
+"""Issue 5's targets, measured in one run; writes benchmarks/results/speed/deploy.json.
 
     PYTHONPATH=src python benchmarks/deploy.py --checkpoint RUN_DIR [--seconds 3]
 
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from squeezenet.bench import make_runners, measure
-from squeezenet.checkpoint import write_text_atomic
+from squeezenet.bench import make_runners
 from squeezenet.compress import compress
+from squeezenet.files import write_text_atomic
 from squeezenet.predict import make_predictor
 from squeezenet.quantize import quantize
+from squeezenet.timing import measure
 from squeezenet.zoo import create_model
 
 
@@ -62,7 +63,7 @@ def main() -> int:
     p.add_argument("--checkpoint", action="append", default=[], help="trained checkpoint (repeatable)")
     p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per runtime and batch size")
     p.add_argument("--compress-steps", type=int, default=3000)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "deploy.json"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed" / "deploy.json"))
     p.add_argument("--merge", action="store_true",
                    help="keep the models in --out that this run does not redo (each records its command)")
     p.add_argument("--skip-compress", action="store_true",

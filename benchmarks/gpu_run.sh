@@ -4,7 +4,10 @@
 # Expects the data in .gpudata/ (copied there by hand, ignored by git):
 #   .gpudata/cifar10-jpeg-train.tar.gz   (../shared/data)
 #   .gpudata/fashion-mnist/*.gz          (/usr/share/datasets/fashion-mnist)
-# Usage: OUT=dir SWEEP_DEADLINE=300 bash benchmarks/gpu_run.sh --alone [extra sweep.py flags]\n# (FMNIST_ONLY=1: skip the CIFAR-10 data, for Fashion-MNIST rows only)
+# Usage: OUT=dir SWEEP_DEADLINE=300 bash benchmarks/gpu_run.sh --alone [extra sweep.py flags]
+# (FMNIST_ONLY=1: skip the CIFAR-10 data, for Fashion-MNIST rows only; RECORD=NAME: the runs' group,
+# default gpu-sweep). Each row that finished an epoch is a row of $OUT/runs.jsonl (benchmarks/record.py);
+# once fetched, append them to the results: cat OUT/runs.jsonl >> benchmarks/results/runs.jsonl
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/out}
@@ -53,7 +56,8 @@ fi
 log "sweep"
 python3 benchmarks/sweep.py --cifar-dir "$WORK/holdout" --fmnist-dir .gpudata/fashion-mnist --device "$DEVICE" \
   --workers "${WORKERS:-6}" --threads "${THREADS:-2}" --deadline "${SWEEP_DEADLINE:-300}" \
-  --alone-deadline "${ALONE_DEADLINE:-200}" --runs "$WORK/runs" --out "$OUT/sweep.json" "$@"
+  --alone-deadline "${ALONE_DEADLINE:-200}" --runs "$WORK/runs" --out "$OUT/sweep.json" \
+  --record "${RECORD:-gpu-sweep}" --runs-jsonl "$OUT/runs.jsonl" "$@"
 log "sweep done rc $?"
 echo quit | timeout 10 nvidia-cuda-mps-control 2>/dev/null
 # Curves and the chosen run's artifacts (no checkpoints but the alone run's best) for the record.

@@ -7,7 +7,7 @@ the time grows less than the work (oneDNN's bf16 kernels run wider channel count
 efficiently), and this measures by how much, on the cifar10 recipe's model: model-only training
 steps as in ``stem_speed.py``, the ratios taking turns round after round.
 
-    python benchmarks/squeeze_speed.py --out benchmarks/results/squeeze_speed.json
+    python benchmarks/squeeze_speed.py --out benchmarks/results/speed/squeeze_speed.json
 """
 
 import argparse
@@ -23,12 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from stem_speed import recipe_model, steps_per_s  # noqa: E402
 
-from squeezenet.train import make_config  # noqa: E402
+from squeezenet.config import make_config  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="benchmarks/results/squeeze_speed.json")
+    p.add_argument("--out", default="benchmarks/results/speed/squeeze_speed.json")
     p.add_argument("--recipe", default="cifar10")
     p.add_argument("--ratios", default="0.125,0.1875,0.25")
     p.add_argument("--rounds", type=int, default=5)

@@ -6,11 +6,10 @@ what a thinner stem buys, on the cifar10 and fashion-mnist recipes' models: mode
 steps (bf16 autocast where native, channels_last, SGD as the recipe), the widths taking turns
 round after round so that the machine's drift falls on all of them alike.
 
-    python benchmarks/stem_speed.py --out benchmarks/results/stem_speed.json
+    python benchmarks/stem_speed.py --out benchmarks/results/speed/stem_speed.json
 """
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -24,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import timed_steps  # noqa: E402
 
 from squeezenet import create_model  # noqa: E402
-from squeezenet.train import autocast_for, make_config, make_optimizer, pool_layers  # noqa: E402
+from squeezenet.config import make_config, pool_layers  # noqa: E402
+from squeezenet.device import autocast  # noqa: E402
+from squeezenet.optim import create_optimizer  # noqa: E402
 
 SHAPES = {"cifar10": (3, 32), "fashion-mnist": (1, 28)}
 
@@ -52,15 +53,14 @@ def steps_per_s(cfg, stem: int | None, steps: int, warmup: int = 3, size: int | 
     channels, full = SHAPES[cfg.dataset]
     size = size or full
     model = recipe_model(cfg, stem, squeeze_ratio).to(memory_format=torch.channels_last).train()
-    opt = make_optimizer(cfg, model)
+    opt = create_optimizer(cfg, model)
     x = torch.randn(cfg.batch_size, channels, size, size).contiguous(memory_format=torch.channels_last)
-    autocast = autocast_for(cfg, torch.device("cpu")) or contextlib.nullcontext
-    return timed_steps(model, opt, x, cfg.label_smoothing, steps, warmup, autocast)
+    return timed_steps(model, opt, x, cfg.label_smoothing, steps, warmup, autocast(cfg.amp, torch.device("cpu")))
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="benchmarks/results/stem_speed.json")
+    p.add_argument("--out", default="benchmarks/results/speed/stem_speed.json")
     p.add_argument("--stems", default="64,32,16")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)

@@ -1,17 +1,24 @@
 """Run many full-length training configurations side by side and collect their validation curves:
 the recipe search and the one-change-per-row ablation, each row a real `squeezenet train` run.
 
-Every row is the named recipe with one or a few values changed, trained at the recipe's own
-length on the recipe's own validation split (carved from the training data: the CIFAR-10 holdout
-and the Fashion-MNIST test set are never read here). Rows run as separate processes, ``--workers``
-at a time, so a GPU that one small model cannot fill trains several; the per-epoch seconds of rows
-that ran side by side are therefore not speeds (the `--alone` run, and the CPU runs, are).
+Every row is the named recipe with one or a few values changed, trained for the recipe's own
+number of epochs (not its time budget: rows that share a machine get no fixed share of it) on a
+validation split carved from the training data (CIFAR-10: 5,000 of the 45,000 non-holdout images;
+Fashion-MNIST: 10%; the CIFAR-10 holdout and the Fashion-MNIST test set are never read here). Rows
+run as separate processes, ``--workers`` at a time, so a GPU that one small model cannot fill
+trains several; the per-epoch seconds of rows that ran side by side are therefore not speeds (the
+`--alone` run, and the CPU runs, are).
 
     # on a lent GPU (benchmarks/gpu_run.sh prepares the data and calls this):
     python benchmarks/sweep.py --cifar-dir D --fmnist-dir F --device cuda --workers 6 \\
-        --deadline 300 --alone --out sweep.json
+        --deadline 300 --alone --record gpu-sweep --runs-jsonl OUT/runs.jsonl
     # a quick check of the machinery on a CPU:
     python benchmarks/sweep.py --rows 0,1 --workers 1 --extra="--train-size 600 --epochs 1"
+
+``--out`` (default benchmarks/out/sweep.json, not kept in git) gets every row's curve and status;
+``--record GROUP`` also appends each row that finished an epoch to benchmarks/results/runs.jsonl
+(benchmarks/record.py; ``--runs-jsonl`` elsewhere), as run ``GROUP-<row name>`` of group GROUP,
+which is where benchmarks/tables.py and benchmarks/RESULTS.md read results from.
 
 ``--alone`` then picks the CIFAR-10 row that reached 90% val with the fewest epochs (else the best
 row at the recipe's length), runs it again with nothing beside it, and records its time-to-90%
@@ -30,6 +37,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402
+
+from squeezenet.recipes import RECIPES  # noqa: E402
 
 # (name, recipe, change). Order = priority: under a deadline the first rows finish first.
 ROWS: list[tuple[str, str, dict]] = [
@@ -95,11 +107,7 @@ ROWS: list[tuple[str, str, dict]] = [
     # about 1.4x the multiply-adds, so fewer epochs fit the same 15 minutes.
     ("fashion-mnist recipe at 32 px, 9 epochs", "fashion-mnist", {"image_size": 32, "epochs": 9}),
     ("fashion-mnist recipe at 32 px, 10 epochs", "fashion-mnist", {"image_size": 32, "epochs": 10}),
-    # Epoch-efficiency tricks from airbench (rows 50-), first screened short (--extra="--epochs 8").
-    ("cifar10 recipe + whitened conv1 init", "cifar10", {"whiten": True}),
-    ("cifar10 recipe + Lookahead (k 5, alpha 0.5)", "cifar10", {"lookahead": 5}),
-    ("cifar10 recipe + alternating flip", "cifar10", {"alternate_flip": True}),
-    # Weaker pad-and-crop (rows 53-): the short runs are capacity-bound (CIFAR-10 ends at 92% augmented
+    # Weaker pad-and-crop (rows 50-): the short runs are capacity-bound (CIFAR-10 ends at 92% augmented
     # train accuracy), and on Fashion-MNIST flip alone beat 4 px crops + flip by 0.8 points.
     ("cifar10 recipe, crop shift 2 px instead of 4 (`--crop-pad 2`)", "cifar10", {"crop_pad": 2}),
     ("fashion-mnist recipe + 1 px crops (`--augment crop --crop-pad 1`)", "fashion-mnist",
@@ -123,10 +131,25 @@ def flags(change: dict) -> list[str]:
 
 
 def command(recipe: str, change: dict, out: Path, args) -> list[str]:
-    data = {"cifar10": ["--data-dir", args.cifar_dir, "--val-fraction", "0.1111"] if args.cifar_dir else [],
-            "fashion-mnist": ["--data-dir", args.fmnist_dir] if args.fmnist_dir else []}[recipe]
-    return ([sys.executable, "-m", "squeezenet", "train", "--recipe", recipe, *data, "--device", args.device,
-             "--no-progress", "--out", str(out), *flags(change), *shlex.split(args.extra)])
+    data = {"cifar10": (["--data-dir", args.cifar_dir] if args.cifar_dir else []) + ["--val-fraction", "0.1111"],
+            "fashion-mnist": (["--data-dir", args.fmnist_dir] if args.fmnist_dir else []) + ["--val-fraction", "0.1"]}
+    # an explicit length in epochs drops the recipe's time budget
+    length = [] if "epochs" in change else ["--epochs", str(RECIPES[recipe]["epochs"])]
+    return ([sys.executable, "-m", "squeezenet", "train", "--recipe", recipe, *data[recipe], *length,
+             "--device", args.device, "--no-progress", "--out", str(out), *flags(change), *shlex.split(args.extra)])
+
+
+def save_run(row: dict, out: Path, args, evals: list[dict] | None = None) -> None:
+    """--record: the row's run directory as one row of runs.jsonl (benchmarks/record.py)."""
+    if not args.record or not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+        return
+    try:
+        rid = f"{args.record}-{record.slug(row['row'])}" + ("-alone" if out.parent.name == "alone" else "")
+        record.record(out, rid, args.record, evals, command=row["command"], runs=Path(args.runs_jsonl),
+                      machine_name=device_name(args.device), sweep=Path(args.out).stem, sweep_row=row["row"],
+                      change=row["change"], status=row["status"])
+    except SystemExit as e:  # a duplicate id: the row stays in --out
+        print(f"not recorded: {e}", file=sys.stderr, flush=True)
 
 
 def run_row(i: int, row: tuple, args, root: Path, deadline: float) -> dict:
@@ -181,11 +204,12 @@ def run_rows(rows: list[tuple[int, tuple]], args, root: Path, deadline: float, r
                 if not queue or time.time() >= deadline:
                     return
                 i, row = queue.pop(0)
-            record = run_row(i, row, args, root, deadline)
+            result = run_row(i, row, args, root, deadline)
             with lock:
-                results.append(record)
+                results.append(result)
                 save()
-                print(json.dumps({k: record[k] for k in ("row", "status", "epochs_done", "final_val_acc",
+                save_run(result, Path(result["out"]), args)
+                print(json.dumps({k: result[k] for k in ("row", "status", "epochs_done", "final_val_acc",
                                                           "best_val_acc")}), flush=True)
 
     threads = [threading.Thread(target=worker) for _ in range(args.workers)]
@@ -208,7 +232,9 @@ def main() -> None:
     p.add_argument("--alone-deadline", type=float, default=240.0)
     p.add_argument("--extra", default="", help="flags appended to every row (quick checks)")
     p.add_argument("--runs", help="keep the run directories here (default: a temporary directory)")
-    p.add_argument("--out", default="benchmarks/results/sweep.json")
+    p.add_argument("--out", default="benchmarks/out/sweep.json", help="every row's curve and status")
+    p.add_argument("--record", metavar="GROUP", help="also append each row to runs.jsonl as group GROUP")
+    p.add_argument("--runs-jsonl", default=str(record.RUNS), help="where --record appends (default: %(default)s)")
     args = p.parse_args()
 
     chosen = range(len(ROWS)) if args.rows == "all" else [int(i) for i in args.rows.split(",")]
@@ -231,6 +257,8 @@ def main() -> None:
                 alone = run_row(i, ROWS[i], args, root / "alone", time.time() + args.alone_deadline)
                 alone["holdout"] = holdout(Path(alone["out"]), args)
                 report["alone"] = alone
+                if alone["holdout"] and "top1" in alone["holdout"]:
+                    save_run(alone, Path(alone["out"]), args, [{"file": str(Path(alone["out"]) / "holdout.json")}])
                 print(json.dumps({k: alone[k] for k in ("row", "status", "final_val_acc", "wall_seconds_to_target",
                                                          "holdout")}), flush=True)
         save()
@@ -247,14 +275,15 @@ def choose(rows: list[dict]) -> dict | None:
 
 
 def holdout(run: Path, args) -> dict | None:
-    """The chosen run's accuracy on the CIFAR-10 holdout (never used to choose anything)."""
+    """The chosen run's accuracy on the CIFAR-10 holdout (never used to choose anything), also
+    written to RUN/holdout.json."""
     if not args.cifar_dir or not (run / "best.safetensors").exists():
         return None
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        r = subprocess.run([sys.executable, "-m", "squeezenet", "eval", str(run),
-                            "--data-dir", args.cifar_dir, "--split", "test", "--json", f.name],
-                           capture_output=True, text=True)
-        return json.loads(Path(f.name).read_text()) if r.returncode == 0 else {"error": r.stdout[-500:]}
+    out = run / "holdout.json"
+    r = subprocess.run([sys.executable, "-m", "squeezenet", "eval", str(run),
+                        "--data-dir", args.cifar_dir, "--split", "test", "--json", str(out)],
+                       capture_output=True, text=True)
+    return json.loads(out.read_text()) if r.returncode == 0 else {"error": r.stdout[-500:]}
 
 
 def device_name(device: str) -> str:

@@ -5,7 +5,7 @@
 2. End-to-end trainer throughput on CIFAR-sized data (32x32 RGB, the cifar10 recipe's model,
    batch, optimizer and augmentation) vs the model-only training step on pre-made tensors.
 
-    python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+    python benchmarks/train_throughput.py --out benchmarks/results/speed/train_throughput.json
 """
 
 import argparse
@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import seed_outline  # noqa: E402
 
 from squeezenet import create_model  # noqa: E402
+from squeezenet.config import make_config  # noqa: E402
+from squeezenet.optim import create_optimizer  # noqa: E402
 from squeezenet.recipes import RECIPES  # noqa: E402
-from squeezenet.train import make_config, make_optimizer, train  # noqa: E402
+from squeezenet.train import train  # noqa: E402
 
 
 def step_only(cfg, steps: int = 12, warmup: int = 3) -> float:
@@ -34,7 +36,7 @@ def step_only(cfg, steps: int = 12, warmup: int = 3) -> float:
     model = create_model(cfg.arch, num_classes=10, bypass=cfg.bypass, batch_norm=cfg.batch_norm,
                          small_input=cfg.small_input, final_relu=cfg.final_relu)
     model = model.to(memory_format=torch.channels_last).train()
-    opt = make_optimizer(cfg, model)
+    opt = create_optimizer(cfg, model)
     x = torch.randn(cfg.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     return timed_steps(model, opt, x, cfg.label_smoothing, steps, warmup)
 
@@ -56,20 +58,19 @@ def timed_steps(model, opt, x: torch.Tensor, label_smoothing: float, steps: int,
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    p.add_argument("--out", default="benchmarks/results/speed/train_throughput.json")
     p.add_argument("--train-size", type=int, default=12_000)
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    quiet = lambda *a, **k: None  # noqa: E731
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         seed = seed_outline.run()
         ours = train(make_config({"dataset": "noise", "epochs": 1, "batch_size": 32, "optimizer": "adam",
-                                  "lr": 1e-3, "out": f"{tmp}/noise", "progress": False}), log=quiet)
+                                  "lr": 1e-3, "out": f"{tmp}/noise", "progress": False}))
         ours10 = train(make_config({"dataset": "noise", "arch": "squeezenet1_0", "epochs": 1, "batch_size": 32,
                                     "optimizer": "adam", "lr": 1e-3, "train_size": 400, "out": f"{tmp}/noise10",
-                                    "progress": False}), log=quiet)
+                                    "progress": False}))
         result["outline"] = {
             "seed_loop_images_per_s": round(seed, 2),
             "ours_squeezenet1_1_images_per_s": ours["images_per_s"],
@@ -84,7 +85,7 @@ def main():
                  "out": f"{tmp}/cifar", "progress": False, "tta": False}
         cfg = make_config(cifar)
         ceiling = step_only(cfg)
-        e2e = train(cfg, log=quiet)
+        e2e = train(cfg)
         ceiling_after = step_only(cfg)
         model_only = (ceiling + ceiling_after) / 2  # bracket the trainer run against drift
         result["pipeline"] = {

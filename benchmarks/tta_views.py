@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from squeezenet.checkpoint import load_checkpoint
-from squeezenet.data import load_eval_split
 from squeezenet.errors import SqueezeNetError
+from squeezenet.splits import eval_loader
 
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 SETS = {
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     model, meta = load_checkpoint(args.run)
     model.eval()
-    _, loader = load_eval_split(meta, None, args.data_dir, args.split, 512)
+    _, loader = eval_loader(meta, None, args.data_dir, args.split, 512)
     logits, y = offset_logits(model, loader)
     top1 = {}
     for name, offsets in SETS.items():

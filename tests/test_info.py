@@ -43,3 +43,17 @@ def test_reader_closing_the_pipe_early_is_not_a_crash(tmp_path):
                        shell=True, capture_output=True, text=True)
     assert "Traceback" not in r.stderr and "Error" not in r.stderr
     assert json.loads(out.read_text())["macs"] > 0
+
+
+def test_info_describes_a_recipe_model_and_a_checkpoint(cli, trained_run, tmp_path):
+    code, out, err = cli("info", "--recipe", "cifar10", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["params"] == 1_449_034 and summary["input_size"] == 32  # SR 0.25, 10 classes
+    assert "squeeze_ratio=0.25" in out and "pool_after=conv1,fire3,fire7" in out
+    code, out, err = cli("info", "squeezenet1_1", "--squeeze-ratio", "0.25", "--num-classes", "10", "--batch-norm")
+    assert code == 0 and "1,449,034" in out, err
+    code, out, err = cli("info", trained_run, "--json", tmp_path / "c.json")
+    assert code == 0, err
+    assert "trained on shapes (10 classes" in out and "32x32" in out
+    assert json.loads((tmp_path / "c.json").read_text())["checkpoint"]["arch"] == "squeezenet1_1"

@@ -262,3 +262,32 @@ def test_tta_views_are_the_mirror_and_reflect_padded_shifts():
     assert torch.allclose(predict_logits(model, x, tta=True, shift=1), expected)
 
 
+
+
+def test_timm_style_features_head_and_new_classifier():
+    model = create_model("squeezenet1_1", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    features = model.forward_features(x)
+    assert features.shape == (2, 512, 3, 3)
+    assert torch.allclose(model.forward_head(features), model(x))
+    assert model.forward_head(features, pre_logits=True).shape == (2, 512)
+    before = model.features[0].weight.clone()
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.num_classes == 3
+    assert torch.equal(model.features[0].weight, before)  # only conv10 is new
+    assert abs(model.classifier[1].weight.std().item() - 0.01) < 0.005
+    with pytest.raises(SqueezeNetError, match="num_classes must be at least 1"):
+        model.reset_classifier(0)
+
+
+def test_list_models_takes_a_pattern():
+    assert list_models("squeezenet1_*") == ["squeezenet1_0", "squeezenet1_1"]
+    assert list_models("*meta") == ["squeezenet_meta"] and list_models("resnet*") == []
+
+
+def test_bf16_check_falls_back_when_torchs_private_check_is_gone(monkeypatch):
+    from squeezenet import device
+
+    flags = device._cpu_flags()
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert device.native_bf16(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -308,3 +308,56 @@ def test_eval_of_a_non_checkpoint(tmp_path, cli):
 def test_existing_run_is_not_overwritten(trained_run, cli):
     code, _, err = cli("train", "--out", trained_run)
     assert code == 1 and "--resume" in err
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_config_file_then_flags_override_it(tmp_path, cli):
+    (tmp_path / "c.toml").write_text('epochs = 1\ntrain-size = 96\nbatch_size = 32\nlr = 0.05\nseed = 3\n')
+    code, out, err = cli("train", "--config", tmp_path / "c.toml", "--lr", "0.02", "--out", tmp_path / "a",
+                         "--no-progress")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (saved["epochs"], saved["train_size"], saved["seed"], saved["lr"]) == (1, 96, 3, 0.02)
+    # a run's own config.json starts a new run with the same settings (not its --out)
+    code, out, err = cli("train", "--config", tmp_path / "a" / "config.json", "--out", tmp_path / "b", "--no-progress")
+    assert code == 0, err
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in saved.items() if k != "out"}
+    (tmp_path / "bad.toml").write_text("epochs = 1\nlearning_rate = 3\n")
+    code, _, err = cli("train", "--config", tmp_path / "bad.toml", "--out", tmp_path / "c")
+    assert code == 2 and "unknown setting(s) learning_rate" in err and not (tmp_path / "c").exists()
+    (tmp_path / "old.json").write_text(json.dumps({"epochs": 1, "lookahead": 5}))
+    code, _, err = cli("train", "--config", tmp_path / "old.json", "--out", tmp_path / "c")
+    assert code == 2 and "--lookahead" in err and "removed" in err
+
+
+def test_a_recipe_alone_is_its_results_row():
+    """The README's rows are the recipes with no other flag: budget and final fit included."""
+    fm, c10 = make_config({"recipe": "fashion-mnist"}), make_config({"recipe": "cifar10"})
+    assert (fm.time_budget, fm.val_fraction) == (870.0, 0.0)
+    assert (c10.time_budget, c10.val_fraction) == (2670.0, 0.0)
+    # a length in epochs replaces the recipe's budget; a budget of "off" does too
+    assert make_config({"recipe": "cifar10", "epochs": 3}).time_budget is None
+    assert make_config({"recipe": "cifar10", "time_budget": "off"}).time_budget is None
+
+
+def test_quiet_and_verbose(tmp_path, cli):
+    args = ["train", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--no-progress"]
+    code, out, err = cli("--quiet", *args, "--out", tmp_path / "q")
+    assert code == 0 and out == "", out
+    code, out, _ = cli(*args, "--out", tmp_path / "n")
+    assert code == 0 and "epoch   1/1" in out
+
+
+def test_tensorboard_logs_each_epoch(tmp_path, cli):
+    pytest.importorskip("tensorboard")
+    code, _, err = cli("train", "--epochs", "2", "--train-size", "64", "--batch-size", "32", "--tensorboard",
+                       "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2]
+    assert "val_acc" in events.Tags()["scalars"]
