@@ -3,7 +3,7 @@
 ``squeezenet train --recipe NAME`` starts from one of these and any flag overrides a value;
 without ``--recipe`` the recipe named after ``--dataset`` is used (``shapes`` when nothing is
 given). A recipe with no other flag reproduces its row of the README's results table. The
-evidence for each value is in benchmarks/RESULTS.md under the anchor given beside it.
+evidence for each value is in benchmarks/RESULTS.md, under the anchor beside it.
 """
 
 RECIPES: dict[str, dict] = {
@@ -20,28 +20,29 @@ RECIPES: dict[str, dict] = {
         augment="none",
     ),
     # 14.5 minutes of training on all 60,000 images (inside a 15-minute budget on 2 CPU cores);
-    # --val-fraction 0.1 carves a validation split again. #fashion-mnist-recipe
+    # --val-fraction 0.1 carves a validation split again. RESULTS.md#fashion-mnist-recipe
     "fashion-mnist": dict(
         dataset="fashion-mnist", arch="squeezenet1_1", image_size=28, small_input=True,
         batch_norm=True, bypass="simple", final_relu=False, batch_size=256, lr=0.2, weight_decay=5e-4,
         schedule="onecycle", warmup_epochs=1, epochs=12, time_budget=870.0, val_fraction=0.0,
         label_smoothing=0.1,
-        dropout=0.0,  # worth nothing here, and its mask costs 8% of a CPU step  #fashion-mnist-dropout
-        augment="crop", crop_pad=1, tta=True, tta_shift=1,  # 1 px shifts, trained and viewed  #fashion-mnist-crop1
-        optimizer="muon", muon_lr=0.05,  # Muon on the Fire filters, SGD on the rest  #fashion-mnist-muon
+        dropout=0.0,  # no gain, and its mask costs 8% of a CPU step: RESULTS.md#fashion-mnist-dropout
+        augment="crop", crop_pad=1, tta=True, tta_shift=1,  # 1 px shifts: RESULTS.md#fashion-mnist-crop1
+        optimizer="muon", muon_lr=0.05,  # Muon on the Fire filters: RESULTS.md#fashion-mnist-muon
     ),
-    # 44.5 minutes of training on every training image (inside a 45-minute budget).  #cifar10-recipe
+    # 44.5 minutes of training on every training image (inside a 45-minute
+    # budget); --val-fraction 0.1111 carves a validation split again. RESULTS.md#cifar10-recipe
     "cifar10": dict(
         dataset="cifar10", arch="squeezenet1_1", image_size=32, small_input=True, batch_norm=True,
         bypass="simple", final_relu=False, batch_size=256, lr=0.2, weight_decay=5e-4,
         schedule="onecycle", warmup_epochs=2, epochs=45, time_budget=2670.0, val_fraction=0.0,
         label_smoothing=0.1, augment="crop", tta=True,
-        dropout=0.0,  # within noise, and 8% of a CPU step  #cifar10-dropout
-        crop_pad=2,  # easier crops for a capacity-bound net  #cifar10-crop-pad
-        pool_after="conv1,fire3,fire7",  # downsample late (the paper's strategy 3)  #cifar10-late-pool
-        squeeze_ratio=0.25,  # twice v1.1's squeeze widths  #cifar10-squeeze-ratio
-        erase=0.25, tta_shift=2,  # random erasing, with 2 px shifted views at eval  #cifar10-erasing
-        optimizer="muon", muon_lr=0.05,  # Muon on the Fire filters, SGD on the rest  #cifar10-muon
+        dropout=0.0,  # within noise, and 8% of a CPU step: RESULTS.md#cifar10-dropout
+        crop_pad=2,  # easier crops for a capacity-bound net: RESULTS.md#cifar10-crop-pad
+        pool_after="conv1,fire3,fire7",  # downsample late (the paper's strategy 3): RESULTS.md#cifar10-late-pool
+        squeeze_ratio=0.25,  # twice v1.1's squeeze widths: RESULTS.md#cifar10-squeeze-ratio
+        erase=0.25, tta_shift=2,  # random erasing, with 2 px shifted views at eval: RESULTS.md#cifar10-erasing
+        optimizer="muon", muon_lr=0.05,  # Muon on the Fire filters: RESULTS.md#cifar10-muon
     ),
     # Any folder of images (the ImageNet layout): faithful v1.1 at 224 px.
     "folder": dict(
