@@ -93,8 +93,11 @@ class TrainConfig:
                        choices=DATASETS)
     data_dir: str | None = opt(None, "data", "where the data set lives (folder: DIR/<class>/<images>, or "
                                "DIR/train and DIR/test)", metavar="DIR", parse=str)
-    image_size: int | None = opt(None, "data", "resize images to N x N (default: the data set's own size)",
+    image_size: int | None = opt(None, "data", "the model's input: N x N images (default: the data set's own size)",
                                  check=at_least(1), parse=whole)
+    crop_pct: float = opt(1.0, "data", "folders: store images with the shorter side at image-size / F; training "
+                          "crops from them, evaluation takes the centre crop (torchvision's 224 of 256: 0.875)",
+                          check=in_unit(lo_open=True, hi_open=False), metavar="F")
     val_fraction: float = opt(0.1, "data", "fraction of the training data held out for validation; 0 "
                               "trains on all of it (a final fit: the last epoch is best)",
                               check=in_unit(), metavar="F")
@@ -123,6 +126,10 @@ class TrainConfig:
                                     check=at_least(1), parse=int)
     weights: str | None = opt(None, "model", "initial weights: a .pth/.safetensors file, or 'torchvision' "
                               "(download)", metavar="FILE", parse=str)
+    freeze_features: bool = opt(False, "model", "train the classifier (conv10) only; the features keep their "
+                                "weights and BatchNorm statistics")
+    unfreeze_after: int | None = opt(None, "model", "with --freeze-features: train everything from epoch N+1 on",
+                                     check=at_least(1), parse=whole)
     # ---- optimizer
     optimizer: str = opt("sgd", "optimizer", "sgd (Nesterov), adam, adamw, or muon (Muon on the Fire "
                          "filters, SGD on the rest)", choices=OPTIMIZERS)
@@ -159,6 +166,8 @@ class TrainConfig:
                                       "must be at least 1 pixel (use --augment flip for none)"), parse=int)
     erase: float = opt(0.0, "augmentation", "random erasing: probability per image of noise over a "
                        "random rectangle", check=in_unit(hi_open=False, what="a probability in"), metavar="P")
+    rrc_scale: float = opt(0.25, "augmentation", "--augment rrc: the smallest crop, as a fraction of the image's area",
+                           check=in_unit(lo_open=True, hi_open=False), metavar="F")
     label_smoothing: float = opt(0.0, "augmentation", "label smoothing", check=in_unit())
     ema: float = opt(0.0, "augmentation", "keep an exponential moving average of the weights with this "
                      "decay (0 = off)", check=in_unit(what="a decay in"), metavar="DECAY")

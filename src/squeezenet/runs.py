@@ -24,14 +24,16 @@ MODEL_OPTIONS = {"num_classes", "in_channels", "dropout", "bypass", "batch_norm"
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes the model's input: resize the shorter side to ``image_size``, take the
-    centre square, scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel."""
+    """How an image becomes the model's input: resize the shorter side to ``resize_size`` (None:
+    ``image_size``), take the centre ``image_size`` square, scale to [0, 1], subtract ``mean``
+    and divide by ``std`` per channel."""
 
     image_size: int
     in_channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    resize: str = "shorter side to image_size, centre crop"
+    resize: str = "shorter side to resize_size (or image_size), centre crop image_size"
+    resize_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class RunMeta:
             _check(isinstance(v, list) and len(v) == channels and all(_num(x) for x in v),
                    f"preprocess {key} must be {channels} numbers")
         _check(all(s > 0 for s in pre["std"]), "preprocess std must be positive")
+        resize_size = pre.get("resize_size")
+        _check(resize_size is None or (_int(resize_size) and size <= resize_size <= 8192),
+               f"resize_size {resize_size!r} is not image_size..8192")
         names = d["class_names"]
         _check(isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names),
                f"class_names must be 1..{MAX_CLASSES:,} strings")
@@ -119,7 +124,7 @@ class RunMeta:
             values["stratified"] = False
         values["version"] = max(version, 1)
         return cls(preprocess=Preprocess(size, channels, tuple(pre["mean"]), tuple(pre["std"]),
-                                         pre.get("resize", Preprocess.resize)),
+                                         pre.get("resize", Preprocess.resize), resize_size),
                    extra={k: v for k, v in d.items() if k not in known and k != "preprocess"}, **values)
 
 

@@ -15,7 +15,7 @@ def run_splits(meta: RunMeta, dataset: str | None = None, data_dir: str | None =
     dataset, data_dir = _source(meta, dataset, data_dir)
     pre = meta.preprocess
     full = load_dataset(dataset, "train", data_dir, pre.image_size, seed=meta.split_seed,
-                        channels=pre.in_channels, size=meta.train_size)
+                        channels=pre.in_channels, size=meta.train_size, resize_size=pre.resize_size)
     train, val = train_val_split(full, meta.val_fraction, meta.split_seed, stratified=meta.stratified)
     for part in (train, val):
         if part is not None:
@@ -42,7 +42,8 @@ def eval_data(meta: RunMeta, dataset: str | None = None, data_dir: str | None = 
             f"({testing_on}/test is absent): scoring them would print training accuracy as test "
             f"accuracy. Pass --data-dir with held-out images (DIR/<class>/...), or use --split val")
     pre = meta.preprocess
-    data = load_dataset(dataset, "test", data_dir, pre.image_size, seed=meta.split_seed, channels=pre.in_channels)
+    data = load_dataset(dataset, "test", data_dir, pre.image_size, seed=meta.split_seed, channels=pre.in_channels,
+                        resize_size=pre.resize_size)
     return _as_trained(data, meta, dataset)
 
 

@@ -51,15 +51,19 @@ class Data:
     image_size: int
     mean: tuple
     std: tuple
+    resize_size: int | None = None  # folders stored larger than the input (--crop-pct)
 
 
 def build_data(cfg: TrainConfig) -> Data:
     """Train/val carved from the training split (stratified, seeded); the test split is eval's alone."""
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    resize = None
+    if cfg.dataset == "folder" and cfg.crop_pct < 1:
+        resize = round((cfg.image_size or 224) / cfg.crop_pct)
     full = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.image_size, seed=split_seed,
-                        strict=cfg.strict, size=cfg.train_size)
+                        strict=cfg.strict, size=cfg.train_size, resize_size=resize)
     train_set, val_set = train_val_split(full, cfg.val_fraction, split_seed)
-    return Data(train_set, val_set, full.classes, full.channels, full.image_size, full.mean, full.std)
+    return Data(train_set, val_set, full.classes, full.channels, full.image_size, full.mean, full.std, resize)
 
 
 def model_options(cfg: TrainConfig, data: Data) -> dict:
@@ -90,10 +94,14 @@ def build_model(cfg: TrainConfig, data: Data) -> torch.nn.Module:
 def build_loaders(cfg: TrainConfig, data: Data, ddp, device) -> tuple[Loader, Loader | None]:
     batch = ddp.local_batch(cfg.batch_size)
     augment = DEFAULT_AUGMENT[cfg.dataset] if cfg.augment == "auto" else cfg.augment
-    train_loader = Loader(data.train, batch, shuffle=True, augment=augment, seed=cfg.seed,
+    # Training crops from the stored images (larger than the input with --crop-pct); on a GPU the
+    # uint8 set lives there and batches are made there, when it fits in a quarter of its memory.
+    resident = device.type == "cuda" and _fits_on(device, data.train)
+    train_loader = Loader(data.train.cropped(None), batch, shuffle=True, augment=augment, seed=cfg.seed,
                           drop_last=len(data.train) >= 2 * cfg.batch_size,
                           sampler=ddp.sampler(data.train, shuffle=True, seed=cfg.seed),
-                          channels_last=cfg.channels_last, device=device, erase=cfg.erase, crop_pad=cfg.crop_pad)
+                          channels_last=cfg.channels_last, device=device, erase=cfg.erase, crop_pad=cfg.crop_pad,
+                          size=data.image_size, rrc_scale=(cfg.rrc_scale, 1.0), resident=resident)
     if len(train_loader) == 0:
         raise SqueezeNetError(f"{len(data.train)} training images are fewer than one batch")
     val_loader = None if data.val is None else Loader(
@@ -101,9 +109,16 @@ def build_loaders(cfg: TrainConfig, data: Data, ddp, device) -> tuple[Loader, Lo
     return train_loader, val_loader
 
 
+def _fits_on(device, data) -> bool:
+    if not hasattr(data, "images"):
+        return False
+    return data.images.numel() < 0.25 * torch.cuda.get_device_properties(device).total_memory
+
+
 def run_meta(cfg: TrainConfig, data: Data, model_kwargs: dict, augment: str) -> RunMeta:
     return RunMeta(cfg.arch, model_kwargs, list(data.classes),
-                   Preprocess(data.image_size, data.channels, tuple(data.mean), tuple(data.std)),
+                   Preprocess(data.image_size, data.channels, tuple(data.mean), tuple(data.std),
+                              resize_size=data.resize_size),
                    dataset=cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed,
                    split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
                    val_fraction=cfg.val_fraction, train_size=cfg.train_size, tta=cfg.tta,
@@ -118,32 +133,42 @@ class Diverged(Exception):
 def train_one_epoch(model, loader, optimizer, *, net=None, scheduler=None, scaler=None, amp=None,
                     label_smoothing: float = 0.0, grad_clip: float = 0.0, ema=None, budget=None, ddp=None,
                     max_steps: int | None = None, after_step=None, should_stop=None, sums: dict | None = None,
-                    first_step: int = 0, epoch: int | None = None, of: str = "", progress: bool = False) -> dict:
+                    first_step: int = 0, epoch: int | None = None, of: str = "", progress: bool = False,
+                    frozen=()) -> dict:
     """Optimizer steps over ``loader`` (until ``max_steps``, the budget, or ``should_stop()``).
     ``net`` is the module to call (a DDP wrapper of ``model``); ``after_step`` runs after each
-    step (e.g. compress's projection onto the pruned weights). Returns the epoch's running sums
-    (``loss_sum``, ``correct``, ``seen``, ``seconds``, the first step's ``lr``), ``steps`` done and
-    whether it ``stopped``. ``sums`` and ``first_step`` continue an interrupted epoch."""
+    step (e.g. compress's projection onto the pruned weights); ``frozen`` modules stay in eval
+    mode. Returns the epoch's running sums (``loss_sum``, ``correct``, ``seen``, ``seconds``, the
+    first step's ``lr``), ``steps`` done and whether it ``stopped``. ``sums`` and ``first_step``
+    continue an interrupted epoch."""
     net = net if net is not None else model
     net.train()
+    for m in frozen:
+        m.eval()
     device = next(model.parameters()).device
+    # The host waits for the device only every `every` steps (loss check, clock, logging): on a
+    # GPU a sync per step would leave it idle; on a CPU it costs nothing and stops a NaN at once.
+    every = 1 if device.type == "cpu" else 50
     sums = sums or {}
     loss_sum = torch.tensor(sums.get("loss_sum", 0.0), dtype=torch.float64, device=device)
     correct = torch.tensor(sums.get("correct", 0), dtype=torch.long, device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
     seen, before = int(sums.get("seen", 0)), float(sums.get("seconds", 0.0))
     lr = sums.get("lr", optimizer.param_groups[0]["lr"])
     spent_before = budget.spent if budget else 0.0
     amp = amp or autocast("off", device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     t0, step, stopped = time.perf_counter(), first_step, False
-    desc = "" if epoch is None else f"epoch {epoch + 1}{of}"
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=not progress, dynamic_ncols=True,
-               initial=first_step, total=len(loader) if hasattr(loader, "__len__") else None)
+    bar = tqdm(loader, desc="" if epoch is None else f"epoch {epoch + 1}{of}", leave=False, unit="batch",
+               disable=not progress, dynamic_ncols=True, initial=first_step,
+               total=len(loader) if hasattr(loader, "__len__") else None)
     for step, (x, y) in enumerate(bar, start=first_step):
         with amp():
             logits = net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):  # stop before a NaN/inf step poisons the weights
+        bad |= ~torch.isfinite(loss)
+        synced = (step + 1) % every == 0
+        if (synced or every == 1) and bad.item():  # stop before a NaN/inf step poisons the weights
             raise Diverged(step, loss.item())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -152,8 +177,9 @@ def train_one_epoch(model, loader, optimizer, *, net=None, scheduler=None, scale
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        if budget:  # every rank takes rank 0's clock, so all change lr and stop at the same step
-            budget.spent = ddp.broadcast_float(spent_before + time.perf_counter() - t0)
+        if budget and (synced or ddp is None or not ddp.enabled):
+            # every rank takes rank 0's clock, so all change lr and stop at the same step
+            budget.spent = _clock(ddp, device, spent_before, t0)
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
@@ -163,20 +189,30 @@ def train_one_epoch(model, loader, optimizer, *, net=None, scheduler=None, scale
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        if progress and step % 10 == 0:
+        if progress and step % max(10, every) == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
         if epoch is not None:
             crash_point(f"epoch{epoch + 1}-step{step + 1}")
         if (budget and budget.done) or (max_steps and step + 1 - first_step >= max_steps):
             break
-        if should_stop is not None and should_stop():
+        if should_stop is not None and (synced or every == 1) and should_stop():
             stopped = True
             break
+    if bad.item():
+        raise Diverged(step, float("nan"))
     seconds = before + time.perf_counter() - t0
     if budget:  # the epoch's own time, so that spent == the history's sum of seconds
-        budget.spent = ddp.broadcast_float(spent_before + time.perf_counter() - t0)
+        budget.spent = _clock(ddp, device, spent_before, t0)
     return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "seconds": seconds, "lr": lr,
             "steps": step + 1, "stopped": stopped}
+
+
+def _clock(ddp, device, spent_before: float, t0: float) -> float:
+    """Seconds of training so far, once the device has caught up; rank 0's under DDP."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = spent_before + time.perf_counter() - t0
+    return ddp.broadcast_float(seconds) if ddp is not None else seconds
 
 
 @contextmanager
@@ -203,6 +239,8 @@ def train(cfg: TrainConfig) -> dict:
         data = build_data(cfg)
     model = build_model(cfg, data)
     train_loader, val_loader = build_loaders(cfg, data, ddp, device)
+    if ddp.enabled and cfg.freeze_features:
+        raise SqueezeNetError("--freeze-features is not supported under torchrun: fine-tune in one process")
     run = RunDir.open(cfg, writer=ddp.is_main, barrier=ddp.barrier)
     try:
         return _fit(cfg, ddp, device, data, model, train_loader, val_loader, run)
@@ -234,12 +272,13 @@ def _fit(cfg, ddp, device, data, model, train_loader, val_loader, run: RunDir) -
             if progress.step == 0:  # every draw of an epoch is fixed by (seed, epoch): resume is exact
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch)
             train_loader.set_epoch(epoch, start=progress.step)
+            frozen = _freeze(cfg, model, epoch)
             try:
                 stats = train_one_epoch(
                     model, train_loader, optimizer, net=net, scheduler=scheduler, scaler=scaler,
                     amp=autocast(cfg.amp, device), label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
                     ema=ema, budget=budget, ddp=ddp, sums=progress.partial, first_step=progress.step,
-                    should_stop=lambda: ddp.any(bool(caught)), epoch=epoch, of=of,
+                    should_stop=lambda: ddp.any(bool(caught)), epoch=epoch, of=of, frozen=frozen,
                     progress=ddp.is_main and _progress_enabled(cfg))
             except Diverged as d:
                 raise SqueezeNetError(diverged_message(cfg, run.path, epoch, d.step, d.loss)) from None
@@ -257,6 +296,14 @@ def _fit(cfg, ddp, device, data, model, train_loader, val_loader, run: RunDir) -
     if progress.history and ddp.is_main:
         say(run.finish(progress, f"{cfg.arch} on {cfg.dataset}", data.classes))
     return {**(progress.history[-1] if progress.history else {}), "out": str(run.path)}
+
+
+def _freeze(cfg, model, epoch: int) -> tuple:
+    """--freeze-features: the features take no gradient (and keep their BatchNorm statistics)
+    until --unfreeze-after's epoch; returns the modules to keep in eval mode."""
+    frozen = cfg.freeze_features and (cfg.unfreeze_after is None or epoch < cfg.unfreeze_after)
+    model.features.requires_grad_(not frozen)
+    return (model.features,) if frozen else ()
 
 
 def _announce(cfg, ddp, device, data, model, progress: Progress, budget, run: RunDir) -> int:

@@ -46,9 +46,11 @@ def folder_split_root(data_dir: str | Path, split: str) -> Path:
 
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
                  image_size: int | None = None, seed: int = 0, strict: bool = False,
-                 channels: int = 3, size: int | None = None):
+                 channels: int = 3, size: int | None = None, resize_size: int | None = None):
     """The ``train`` or ``test`` split of a data set. Synthetic sets are generated (their test
-    split from another seed). ``size``: a seeded random subset of that many images (a view)."""
+    split from another seed). ``size``: a seeded random subset of that many images (a view).
+    ``resize_size``: folders are stored with their shorter side at this size (>= image_size) and
+    read as their centre ``image_size`` crop (``ImageSet.crop``)."""
     if name == "shapes":
         n = size or (10_000 if split == "train" else 2_000)
         return make_shapes(n, image_size or 32, seed=seed + (0 if split == "train" else 7919))
@@ -62,10 +64,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     elif name == "folder":
         if data_dir is None:
             raise SqueezeNetError("--dataset folder needs --data-dir DIR (one sub-folder per class)")
-        data = load_folder(folder_split_root(data_dir, split), image_size or 224, channels=channels, strict=strict)
+        image_size = image_size or 224
+        data = load_folder(folder_split_root(data_dir, split), resize_size or image_size, channels=channels,
+                           strict=strict).cropped(image_size)
     else:
         raise SqueezeNetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    if image_size and data.image_size != image_size:
+    if image_size and data.image_size != image_size:  # e.g. Fashion-MNIST 28 -> 32
         data = resize(data, image_size)
     if size is not None and size < len(data):  # a seeded random subset: folders are sorted by class
         keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]

@@ -60,9 +60,14 @@ def resize_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def decode(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
-    """One image file as a (C, size, size) uint8 array: upright, shorter side resized, centre crop."""
-    im = resize_crop(open_rgb(path, channels, draft=image_size), image_size)
+def decode(path: Path, image_size: int, channels: int = 3, resize_size: int | None = None) -> np.ndarray:
+    """One image file as a (C, size, size) uint8 array: upright, shorter side resized to
+    ``resize_size`` (default ``image_size``), then the centre ``image_size`` square."""
+    resize_size = resize_size or image_size
+    im = resize_crop(open_rgb(path, channels, draft=resize_size), resize_size)
+    if resize_size != image_size:
+        left = (resize_size - image_size) // 2
+        im = im.crop((left, left, left + image_size, left + image_size))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -115,7 +120,7 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, samples
 
 
-def load_image_files(paths, image_size: int, channels: int):
+def load_image_files(paths, image_size: int, channels: int, resize_size: int | None = None):
     """(uint8 tensor, names) of images for ``predict``, decoded as training data is; an unreadable
     one raises, naming it."""
     import torch
@@ -126,7 +131,7 @@ def load_image_files(paths, image_size: int, channels: int):
             hint = " (a folder: pass its image files, e.g. DIR/*.jpg)" if p.is_dir() else ""
             raise SqueezeNetError(f"image {shown(p)} does not exist{hint}")
         try:
-            arrays.append(decode(p, image_size, channels))
+            arrays.append(decode(p, image_size, channels, resize_size))
         except Exception as e:  # PIL's decoders raise many types on hostile bytes
             raise SqueezeNetError(f"cannot read image {shown(p)}: {type(e).__name__}: {e}") from None
     return torch.from_numpy(np.stack(arrays)), [shown(p) for p in paths]

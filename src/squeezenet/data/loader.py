@@ -33,7 +33,7 @@ class Loader:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = torch.device(device)
         self.epoch, self.start = 0, 0
-        self.resident = resident and self.device.type != "cpu" and hasattr(data, "images")
+        self.resident = resident and hasattr(data, "images")
         if self.resident:  # one copy of the uint8 set on the device, batches gathered there
             data.images = data.images.to(self.device)
             if data.index is not None:

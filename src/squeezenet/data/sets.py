@@ -17,7 +17,9 @@ class ImageSet:
     """Decoded images (uint8, N x C x H x W), labels (int64) and how to normalise them.
 
     ``index`` makes a subset a view: ``images`` stays the one stored copy (a memory map for large
-    folders) and a subset holds only its indices and labels."""
+    folders) and a subset holds only its indices and labels. ``crop``: images are stored larger
+    than the model's input (shorter side at image_size / crop_pct) and read as their centre
+    ``crop`` square (evaluation); training crops from the stored images instead."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -26,12 +28,17 @@ class ImageSet:
     std: tuple[float, ...]
     skipped: list[str] = field(default_factory=list)
     index: torch.Tensor | None = None
+    crop: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def image_size(self) -> int:
+        return self.crop or self.images.shape[-1]
+
+    @property
+    def stored_size(self) -> int:
         return self.images.shape[-1]
 
     @property
@@ -44,10 +51,20 @@ class ImageSet:
 
     def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images, self.labels[idx], self.classes, self.mean, self.std, self.skipped,
-                        self.rows(idx))
+                        self.rows(idx), self.crop)
+
+    def cropped(self, size: int | None) -> ImageSet:
+        """This set read as its centre ``size`` crop (None: as stored)."""
+        return ImageSet(self.images, self.labels, self.classes, self.mean, self.std, self.skipped, self.index,
+                        None if size == self.stored_size else size)
 
     def uint8(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[self.rows(idx)]
+        x = self.images[self.rows(idx)]
+        if self.crop is not None and self.crop < x.shape[-1]:
+            top = (x.shape[-2] - self.crop) // 2
+            left = (x.shape[-1] - self.crop) // 2
+            x = x[..., top:top + self.crop, left:left + self.crop]
+        return x
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         """Float batch, normalised: (x / 255 - mean) / std folded into one multiply-add."""
@@ -77,6 +94,9 @@ class NoiseSet:
 
     def subset(self, idx: torch.Tensor) -> NoiseSet:
         return NoiseSet(self.labels[idx], self.image_size, self.channels, self.classes)
+
+    def cropped(self, size: int | None) -> NoiseSet:
+        return self
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (len(idx), self.channels, self.image_size, self.image_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -27,6 +28,7 @@ from ..errors import SqueezeNetError
 from ..files import DISK_ERRORS, cache_dir
 from .images import DECODER_VERSION, decode, shown
 
+log = logging.getLogger("squeezenet")
 STORE_VERSION = 1
 DEFAULT_CAP_GB = 50.0  # SQUEEZENET_CACHE_MAX_GB: least recently used stores go beyond it
 
@@ -120,6 +122,7 @@ def build_store(key: str, samples, size: int, channels: int, progress: bool):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.info(f"decoded {n:,} images into the cache ({nbytes / 1e9:.2f} GB in {final})")
     enforce_cap(keep=key)
     return open_store(key, [label for _, label in samples])
 
