@@ -84,7 +84,7 @@ def test_split_is_stratified(tmp_path):
 
 
 def test_stored_larger_and_cropped_alike_by_eval_and_predict(tmp_path, cli):
-    root = write_image_folder(tmp_path / "photos" / "train", per_class=8, size=50)
+    write_image_folder(tmp_path / "photos" / "train", per_class=8, size=50)
     write_image_folder(tmp_path / "photos" / "test", per_class=4, size=50, seed=5)
     code, _, err = cli("train", "--dataset", "folder", "--data-dir", tmp_path / "photos", "--image-size", "28",
                        "--crop-pct", "0.875", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25",

@@ -34,6 +34,7 @@ from .errors import SqueezeNetError, UsageError
 from .evaluate import evaluate
 from .export import default_out
 from .files import atomic_path
+from .rundir import train_hashes
 from .runs import RunMeta
 from .splits import eval_loader, run_splits
 from .train import Diverged, train_one_epoch
@@ -279,7 +280,7 @@ def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000
         raise UsageError(f"--bits must be 1..8, got {bits}")
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path)
-    _, loader = eval_loader(meta, split=split)
+    _, loader = eval_loader(meta, split=split, train_hashes=train_hashes(path) if split == "test" else None)
     classes = meta.num_classes
     before = evaluate(model, loader, classes)["top1"]
     log.info(f"{path}: top-1 {before:.2f}% on {split}; pruning to {sparsity:.0%} with {steps} fine-tuning steps")

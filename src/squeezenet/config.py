@@ -87,7 +87,7 @@ def pool_layers(text: str) -> list[str]:
 @dataclass
 class TrainConfig:
     recipe: str | None = opt(None, "data", "named recipe (shapes, noise, fashion-mnist, cifar10, folder); "
-                             "flags override it", metavar="NAME", choices=tuple(RECIPES))
+                             "flags override it", metavar="NAME", choices=tuple(RECIPES), parse=str)
     # ---- data
     dataset: str = opt("shapes", "data", "shapes (default), noise, fashion-mnist, cifar10 or folder",
                        choices=DATASETS)

@@ -17,8 +17,6 @@ from pathlib import Path
 from .errors import SqueezeNetError
 
 TMP_SUFFIX = ".squeezenet-tmp"  # only files named like this are ours to clean up
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # Errors whose cause is the machine, not the program: reported in one line, never as a traceback.
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
@@ -27,10 +25,14 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 
 
 def crash_point(name: str) -> None:
-    """Test hook proving crash safety: ``SQUEEZENET_KILL_AT=NAME`` SIGKILLs this process when it
-    reaches the point NAME (e.g. ``epoch2-step3``, ``before-rename:last.state.pt``)."""
+    """Test hooks proving crash and signal safety: ``SQUEEZENET_KILL_AT=NAME`` SIGKILLs this
+    process when it reaches the point NAME (e.g. ``epoch2-step3``, ``before-rename:last.state.pt``);
+    ``SQUEEZENET_SIGNAL_AT=NAME[@RANK]`` sends it SIGTERM there (under torchrun: on that rank)."""
     if os.environ.get("SQUEEZENET_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    at = os.environ.get("SQUEEZENET_SIGNAL_AT", "")
+    if at and at.split("@")[0] == name and ("@" not in at or at.split("@")[1] == os.environ.get("RANK", "0")):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cache_dir() -> Path:
@@ -70,20 +72,47 @@ def atomic_path(path: str | Path, mode: int = 0o666):
     try:
         try:
             yield Path(tmp)
-            os.chmod(tmp, mode & ~_UMASK)
+            os.chmod(tmp, mode & ~_umask())
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             crash_point(f"before-rename:{path.name}")
             os.replace(tmp, path)
             _fsync_dir(path.parent)  # make the rename itself durable
-        except OSError as e:
-            if e.errno in DISK_ERRORS:
-                raise disk_error(path, e) from None
+        except Exception as e:
+            cause = _disk_cause(e, path.parent)
+            if cause is not None:
+                raise disk_error(path, cause) from None
             raise
         crash_point(f"after-rename:{path.name}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it; put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _disk_cause(e: Exception, folder: Path) -> OSError | None:
+    """The disk error behind ``e``: an OSError itself, or one that a library reported in words
+    (safetensors: "os error 28"; torch.save: "file write failed" on a full disk)."""
+    if isinstance(e, OSError):
+        return e if e.errno in DISK_ERRORS else None
+    text = str(e)
+    for code, words in ((errno.ENOSPC, ("No space left", "os error 28")),
+                        (errno.EDQUOT, ("quota exceeded", "os error 122"))):
+        if any(w in text for w in words):
+            return OSError(code, os.strerror(code))
+    try:
+        st = os.statvfs(folder)
+        if "write failed" in text and st.f_bavail * st.f_frsize < 1 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        pass
+    return None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -17,16 +17,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .checkpoint import load_state, save_checkpoint, save_state
+from .data import image_hashes
 from .errors import SqueezeNetError
-from .files import mkdir, remove_stale_temporaries, write_text_atomic
+from .files import atomic_path, mkdir, remove_stale_temporaries, write_text_atomic
 from .plots import plot_confusion, plot_curves
 from .runs import RunMeta
 
 log = logging.getLogger("squeezenet")
 STATE = "last.state.pt"
+HASHES = "train_hashes.npy"
+
+
+def train_hashes(checkpoint: str | Path) -> np.ndarray | None:
+    """The content hashes of a run's training images, kept beside its checkpoints (None: absent)."""
+    path = Path(checkpoint)
+    path = (path if path.is_dir() else path.parent) / HASHES
+    try:
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -68,10 +81,25 @@ class RunDir:
             run._lock()
             for stale in remove_stale_temporaries(run.path):  # a killed write of ours; never read
                 log.debug("removed %s", stale)
-            write_text_atomic(run.path / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            run._write_config(cfg)
             if cfg.tensorboard:
                 run._tensorboard = _tensorboard_writer(run.path / "tensorboard")
         return run
+
+    def _write_config(self, cfg) -> None:
+        """config.json: every setting of the run; a resume rewrites it only where a setting changed."""
+        values = dataclasses.asdict(cfg)
+        path = self.path / "config.json"
+        if cfg.resume and path.exists():
+            passing = {"resume", "stop_after", "progress", "out"}  # this invocation's, not the run's
+            try:
+                before = json.loads(path.read_text())
+            except (OSError, ValueError):
+                before = {}
+            if {k: v for k, v in before.items() if k not in passing} == {k: v for k, v in values.items()
+                                                                           if k not in passing}:
+                return
+        write_text_atomic(path, json.dumps(values, indent=2) + "\n")
 
     def _lock(self) -> None:
         """flock on the directory itself: released by the kernel when this process ends, however."""
@@ -83,6 +111,24 @@ class RunDir:
             raise SqueezeNetError(f"another `squeezenet train` is writing to {self.path}: wait for it to end, "
                                   f"or choose another --out") from None
         self._lock_fd = fd
+
+    def check_training_images(self, data, resumed: bool) -> None:
+        """Keep the training images' content hashes (so that ``eval`` can tell test images that
+        are training images); on resume, refuse training images that changed since the start."""
+        if not hasattr(data, "images"):
+            return
+        hashes = image_hashes(data)
+        if resumed:
+            before = train_hashes(self.path)
+            if before is not None and not np.array_equal(np.sort(before), np.sort(hashes)):
+                raise SqueezeNetError(f"the training images differ from those {self.path} started with "
+                                      f"({len(before):,} then, {len(hashes):,} now, "
+                                      f"{int(np.isin(hashes, before).sum()):,} in common): resuming would "
+                                      f"train on other data. Restore them, or start a new run")
+        if self.writer and (not resumed or train_hashes(self.path) is None):
+            with atomic_path(self.path / HASHES) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, hashes, allow_pickle=False)
 
     def close(self) -> None:
         if self._tensorboard is not None:

@@ -3,9 +3,12 @@ data set, subset, split fraction and seed, at its input size, normalised as it w
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from .data import CIFAR_CLASSES, ImageSet, Loader, folder_split_root, load_dataset, train_val_split
+import numpy as np
+
+from .data import CIFAR_CLASSES, ImageSet, Loader, folder_split_root, image_hashes, load_dataset, train_val_split
 from .errors import SqueezeNetError
 from .runs import RunMeta
 
@@ -23,10 +26,15 @@ def run_splits(meta: RunMeta, dataset: str | None = None, data_dir: str | None =
     return train, val
 
 
+MAX_OVERLAP = 0.5  # a "test" set more than half made of training images is refused
+
+
 def eval_data(meta: RunMeta, dataset: str | None = None, data_dir: str | None = None,
-              split: str = "test") -> ImageSet:
+              split: str = "test", train_hashes: np.ndarray | None = None) -> ImageSet:
     """The ``val`` or ``test`` images of a run. ``val`` re-carves the run's validation split;
-    ``test`` refuses a folder that is the run's own training images."""
+    ``test`` refuses a folder that is the run's own training images, and, given the content
+    hashes of the run's training images, says how many test images are among them (refusing
+    a set that is mostly training images)."""
     if split == "val":
         _, data = run_splits(meta, dataset, data_dir)
         if data is None:
@@ -44,11 +52,21 @@ def eval_data(meta: RunMeta, dataset: str | None = None, data_dir: str | None = 
     pre = meta.preprocess
     data = load_dataset(dataset, "test", data_dir, pre.image_size, seed=meta.split_seed, channels=pre.in_channels,
                         resize_size=pre.resize_size)
-    return _as_trained(data, meta, dataset)
+    data = _as_trained(data, meta, dataset)
+    if train_hashes is not None and hasattr(data, "images"):
+        seen = int(np.isin(image_hashes(data), train_hashes).sum())
+        if seen > MAX_OVERLAP * len(data):
+            raise SqueezeNetError(f"{seen:,} of the {len(data):,} test images are images this model trained on: "
+                                  f"the score would be training accuracy. Evaluate on held-out images")
+        if seen:
+            warnings.warn(f"{seen:,} of the {len(data):,} test images are also in the training images "
+                          f"(same pixels): the score is inflated by them", stacklevel=2)
+    return data
 
 
-def eval_loader(meta: RunMeta, dataset=None, data_dir=None, split: str = "test", batch_size: int = 256):
-    data = eval_data(meta, dataset, data_dir, split)
+def eval_loader(meta: RunMeta, dataset=None, data_dir=None, split: str = "test", batch_size: int = 256,
+                train_hashes=None):
+    data = eval_data(meta, dataset, data_dir, split, train_hashes)
     return data, Loader(data, batch_size)
 
 

@@ -262,6 +262,7 @@ def _fit(cfg, ddp, device, data, model, train_loader, val_loader, run: RunDir) -
         cfg.schedule, cfg.epochs, cfg.warmup_epochs, len(train_loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
+    run.check_training_images(data.train, resumed=bool(cfg.resume))
     progress = run.resume(objects, budget) if cfg.resume else Progress()
     meta = run_meta(cfg, data, model_options(cfg, data), train_loader.augment)
     end = _announce(cfg, ddp, device, data, model, progress, budget, run)

@@ -23,7 +23,7 @@ from .readers import (
     read_cifar_batch,
     read_idx,
 )
-from .sets import ImageSet, NoiseSet, normalize, resize, train_val_split
+from .sets import ImageSet, NoiseSet, image_hashes, normalize, resize, train_val_split
 from .synthetic import SHAPES, make_noise, make_shapes
 
 DATASETS = ("shapes", "noise", "fashion-mnist", "cifar10", "folder")
@@ -31,7 +31,7 @@ DEFAULT_AUGMENT = {"shapes": "flip", "noise": "none", "fashion-mnist": "crop", "
                    "folder": "rrc"}
 
 __all__ = ["AUGMENTS", "CIFAR_CLASSES", "DATASETS", "DEFAULT_AUGMENT", "FASHION_CLASSES", "IMAGE_EXTENSIONS",
-           "SHAPES", "ImageSet", "Loader", "NoiseSet", "augment_batch", "decode", "folder_split_root",
+           "SHAPES", "ImageSet", "Loader", "NoiseSet", "augment_batch", "decode", "folder_split_root", "image_hashes",
            "load_cifar10", "load_dataset", "load_fashion_mnist", "load_folder", "load_image_files", "make_noise",
            "make_shapes", "normalize", "random_erase", "read_cifar_batch", "read_idx", "resize", "scan_folder",
            "shown", "train_val_split"]
