@@ -219,10 +219,14 @@ def test_bench_bad_input(cli):
     assert cli("bench", "--runtimes", "tensorrt")[0] == 2
 
 
-def test_predict_uses_onnxruntime_by_default_and_agrees_with_torch(cli, ckpt, image_folder, tmp_path):
+def test_predict_uses_the_measured_fastest_runtime_by_default_and_agrees_with_torch(cli, ckpt, image_folder,
+                                                                                   tmp_path):
     images = sorted(str(p) for p in image_folder.rglob("*.png"))[:3]
     code, _, err = cli("predict", ckpt, *images, "--json", tmp_path / "ort.json")
-    assert code == 0 and "runtime: onnxruntime" in err
+    measured = json.loads((tmp_path / "ort.json").read_text())["runtime_images_per_s"]
+    assert "onnxruntime fp32" in measured["1"] and "torch fp32" in measured["1"]  # measured, not assumed
+    fastest = max(measured["1"], key=measured["1"].get)  # 3 images: the batch-1 choice
+    assert code == 0 and f"runtime: {fastest}" in err and "fastest here, measured" in err
     code, _, err = cli("predict", ckpt, *images, "--runtime", "torch", "--json", tmp_path / "pt.json")
     assert code == 0 and "runtime: torch" in err
     ort_r, pt_r = (json.loads((tmp_path / f).read_text())["predictions"] for f in ("ort.json", "pt.json"))

@@ -20,7 +20,9 @@ LAYERS = [
     ["train"],
     ["export"],
     ["quantize", "compress"],
+    ["runtime", "web", "mobile"],
     ["bench", "predict"],
+    ["serve"],
     ["cli"],
     ["__main__", "__init__"],
 ]

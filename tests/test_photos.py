@@ -113,7 +113,7 @@ def test_freeze_features_trains_the_classifier_alone(tmp_path, cli):
 
     torch.save(create_model("squeezenet1_1").state_dict(), tmp_path / "tv.pth")  # torchvision's layout
     root = write_image_folder(tmp_path / "imgs", per_class=8, size=40)
-    args = ["train", "--dataset", "folder", "--data-dir", root, "--image-size", "32", "--weights", tmp_path / "tv.pth",
+    args = ["train", "--recipe", "finetune", "--data-dir", root, "--image-size", "32", "--weights", tmp_path / "tv.pth",
             "--batch-size", "4", "--val-fraction", "0.25", "--epochs", "2", "--no-progress"]
     code, out, err = cli(*args, "--freeze-features", "--out", tmp_path / "frozen")
     assert code == 0 and "classifier re-initialised" in out, err

@@ -171,8 +171,8 @@ def test_outline_configuration_runs(tmp_path, cli):
 def test_folder_training_and_class_names(tmp_path, cli, image_folder):
     code, out, err = cli("train", "--dataset", "folder", "--data-dir", image_folder, "--image-size", "32",
                          "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25", "--small-input",
-                         "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4", "--stem-channels", "24",
-                         "--augment", "crop", "--crop-pad", "3", "--out", tmp_path / "run",
+                         "--no-batch-norm", "--squeeze-ratio", "0.25", "--pool-after", "conv1,fire4",
+                         "--stem-channels", "24", "--augment", "crop", "--crop-pad", "3", "--out", tmp_path / "run",
                          "--no-progress")
     assert code == 0, err
     model, meta = load_checkpoint(tmp_path / "run")

@@ -1,7 +1,9 @@
 """``bench``: inference throughput and latency per runtime and batch size, plus a training step.
 
 Runtimes: PyTorch eager (NCHW and channels_last), torch.compile (skipped, with the reason, where
-it does not work), onnxruntime fp32 and int8 (static QDQ). Each runtime is called repeatedly for a
+it does not work), onnxruntime fp32 and int8 (static QDQ), OpenVINO fp32, bf16 (its default on
+CPUs with bf16 units, from the fp32 file) and int8 (the same QDQ file); a runtime that is not
+installed is skipped, naming the extra that installs it. Each runtime is called repeatedly for a
 fixed time: throughput over those calls, p50/p95 of the per-call latency. The int8 model is
 calibrated on the benchmark's random inputs: its speed does not depend on the ranges. Timings on
 a shared machine are noisy: compare runtimes within one run.
@@ -17,14 +19,15 @@ import torch
 from .checkpoint import load_checkpoint
 from .device import use_all_cores
 from .errors import UsageError
-from .export import onnx_bytes, ort_session
+from .export import onnx_bytes, openvino_model, ort_session
 from .quantize import quantize_model
 from .timing import measure
 from .zoo import create_model, list_models
 
 log = logging.getLogger("squeezenet")
 
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
+            "openvino-int8")
 
 
 def load_subject(target: str, input_size: int | None = None, num_classes: int = 1000):
@@ -56,13 +59,30 @@ def make_runners(model, example: torch.Tensor, runtimes=RUNTIMES, calib: torch.T
         runners["channels_last"] = (_no_grad(cl, torch.channels_last), "PyTorch eager, NHWC")
     if "compile" in runtimes:
         runners["compile"] = _compiled(model, example)
-    if "onnxruntime" in runtimes or "onnxruntime-int8" in runtimes:
+    onnx_runtimes = [rt for rt in runtimes if rt.startswith(("onnxruntime", "openvino"))]
+    if onnx_runtimes:
         fp32 = onnx_bytes(model, example[:1], dynamic_batch=True)
+        int8 = _int8(fp32, calib if calib is not None else example) if any(
+            rt.endswith("-int8") for rt in onnx_runtimes) else None
         if "onnxruntime" in runtimes:
             runners["onnxruntime"] = (_ort(ort_session(fp32)), "onnxruntime fp32")
         if "onnxruntime-int8" in runtimes:
-            runners["onnxruntime-int8"] = _int8(fp32, calib if calib is not None else example)
+            runners["onnxruntime-int8"] = (_ort(ort_session(int8)), "onnxruntime int8 (static QDQ, U8S8, per-channel)")
+        for rt, source, precision, note in (("openvino", fp32, "fp32", "OpenVINO fp32 (f32 hint)"),
+                                            ("openvino-bf16", fp32, "bf16", "OpenVINO default precision, fp32 file"),
+                                            ("openvino-int8", int8, "int8", "OpenVINO on the QDQ int8 file")):
+            if rt in runtimes:
+                runners[rt] = _openvino(source, precision, note)
     return runners
+
+
+def _openvino(source: bytes, precision: str, note: str):
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None, "skipped: openvino is not installed (pip install 'squeezenet[openvino]')"
+    infer = openvino_model(source, precision)
+    return (lambda x: infer(x.numpy())), note
 
 
 def _copy(model):
@@ -94,13 +114,13 @@ def _compiled(model, example):
         return None, f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def _int8(fp32: bytes, calib: torch.Tensor):
+def _int8(fp32: bytes, calib: torch.Tensor) -> bytes:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "int8.onnx"
         quantize_model(fp32, calib.numpy(), path)
-        return _ort(ort_session(path)), "onnxruntime int8 (static QDQ, U8S8, per-channel)"
+        return path.read_bytes()
 
 
 def training_step(model, size: int, channels: int, batch: int, seconds: float) -> dict:

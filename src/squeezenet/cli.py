@@ -60,10 +60,12 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .config import MAX_TTA_SHIFT
     from .evaluate import evaluate
+    from .rundir import train_hashes
     from .splits import eval_loader
 
     model, meta = load_checkpoint(args.checkpoint)
-    data, loader = eval_loader(meta, args.dataset, args.data_dir, args.split, args.batch_size)
+    data, loader = eval_loader(meta, args.dataset, args.data_dir, args.split, args.batch_size,
+                               train_hashes(args.checkpoint) if args.split == "test" else None)
     tta = meta.tta if args.tta is None else args.tta
     shift = meta.tta_shift if args.tta_shift is None else args.tta_shift
     if not 0 <= shift <= MAX_TTA_SHIFT:
@@ -90,12 +92,14 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict_files
 
-    results, runtime = predict_files(args.checkpoint, args.images, args.top_k, args.runtime)
-    _write_json(args.json, {"runtime": runtime, "predictions": results})
+    results, engine = predict_files(args.checkpoint, args.images, args.top_k, args.runtime,
+                                    precision=args.precision)
+    _write_json(args.json, {"runtime": engine.name, "runtime_reason": engine.reason,
+                            "runtime_images_per_s": engine.measured, "predictions": results})
     for r in results:
         best = ", ".join(f"{p['label']} {p['probability'] * 100:.1f}%" for p in r["top"])
         print(f"{r['image']}: {best}")
-    print(f"(runtime: {runtime})", file=sys.stderr)
+    print(f"(runtime: {engine.name}: {engine.reason})", file=sys.stderr)
     return 0
 
 
@@ -104,7 +108,14 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    r = export(args.checkpoint, args.format, args.out, args.opset, args.dynamic_batch)
+    if args.format == "web":
+        return _export_web(args)
+    if args.format == "executorch":
+        return _export_executorch(args)
+    if args.precision not in (None, "fp32"):
+        raise UsageError("--precision int8 for ONNX is `squeezenet quantize`; --precision applies to "
+                         "--format web and executorch")
+    r = export(args.checkpoint, args.format, args.out, args.opset, args.dynamic_batch, args.input or "float")
     _write_json(args.json, r)
     print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB, {r['format']}"
           f"{', opset ' + str(r['opset']) if r['opset'] else ''}); checked against PyTorch on "
@@ -112,10 +123,46 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_web(args) -> int:
+    from .web import export_web
+
+    if args.input not in (None, "uint8"):
+        raise UsageError("the web page feeds the model uint8 pixels: --input float does not apply to --format web")
+    r = export_web(args.checkpoint, args.out, args.precision or "fp32", args.ort_web, args.top_k, args.calib_data)
+    _write_json(args.json, r)
+    check = (f"checked against PyTorch on {r['checked_on']} images: max abs diff {r['max_abs_diff']:.2e}"
+             if "max_abs_diff" in r else f"top-1 fp32 {r['top1_fp32']:.2f}% int8 {r['top1_int8']:.2f}% "
+             f"on {r['eval_count']:,} images")
+    print(f"wrote {r['out']}/ ({r['bytes_total'] / 1e6:.2f} MB: model {r['bytes_model'] / 1e6:.2f} MB "
+          f"{r['precision']}, onnxruntime-web {r['ort_web']} {r['bytes_runtime'] / 1e6:.2f} MB); {check}")
+    print(f"serve it from any static host, e.g. python -m http.server -d {r['out']} 8000")
+    return 0
+
+
+def _export_executorch(args) -> int:
+    from .mobile import export_executorch
+
+    r = export_executorch(args.checkpoint, args.out, args.precision or "fp32", args.input or "uint8", args.calib_data)
+    _write_json(args.json, r)
+    check = (f"max abs diff {r['max_abs_diff']:.2e} on {r['checked_on']} images" if "max_abs_diff" in r else
+             f"top-1 fp32 {r['top1_fp32']:.2f}% int8 {r['top1_int8']:.2f}% on {r['eval_count']:,} images")
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB, ExecuTorch {r['precision']}, XNNPACK, {r['input']} "
+          f"input); run by ExecuTorch against PyTorch: {check}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.checkpoint, args.host, args.port, args.runtime, args.precision, args.max_batch, args.max_wait_ms,
+          args.max_bytes, args.ort_web, args.page)
+    return 0
+
+
 def cmd_quantize(args) -> int:
     from .quantize import quantize
 
-    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds)
+    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds, args.input)
     _write_json(args.json, r)
     print(f"wrote {r['out']}: int8 {r['bytes_int8'] / 1e6:.2f} MB vs fp32 {r['bytes_fp32'] / 1e6:.2f} MB "
           f"({r['calibration_images']} calibration images)")
@@ -226,23 +273,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     s.add_argument("--top-k", type=_positive, default=5)
-    s.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: the fastest available (onnxruntime when installed)")
+    _add_runtime_flags(s)
     s.add_argument("--json")
     s.set_defaults(func=cmd_predict)
     _add_deploy_parsers(sub)
     return p
 
 
+def _add_runtime_flags(s) -> None:
+    s.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="auto: the fastest installed one, measured on this machine (cached)")
+    s.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="auto: int8 where `squeezenet quantize` measured at most 0.5 points of top-1 lost")
+
+
 def _add_deploy_parsers(sub) -> None:
-    s = sub.add_parser("export", help="ONNX or TorchScript, checked against PyTorch, metadata inside")
+    s = sub.add_parser("export", help="ONNX, TorchScript, a web page or ExecuTorch, checked against PyTorch")
     s.add_argument("checkpoint")
-    s.add_argument("--format", required=True, help="onnx or torchscript")
-    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt)")
+    s.add_argument("--format", required=True, help="onnx, torchscript, web (a static folder that runs in the "
+                   "browser) or executorch (.pte for phones)")
+    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte)")
+    s.add_argument("--input", choices=("uint8", "float"), help="uint8: RGB pixels (N, H, W, 3) with the "
+                   "preprocessing inside the model (default for web and executorch); float: normalised "
+                   "NCHW (default for onnx and torchscript)")
+    s.add_argument("--precision", choices=("fp32", "int8"), help="web and executorch: int8 quantized on the "
+                   "training images (default fp32)")
+    s.add_argument("--calib-data", help="int8: folder of calibration images (default: the training data)")
+    s.add_argument("--ort-web", metavar="DIR", help="web: onnxruntime-web's dist folder (default: "
+                   "./node_modules/onnxruntime-web/dist, the cache, else the npm registry, verified)")
+    s.add_argument("--top-k", type=_positive, default=5, help="web: labels shown per image")
     s.add_argument("--opset", type=int, default=17, help="ONNX opset (10..20)")
     s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model) and the web page")
+    s.add_argument("checkpoint")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    _add_runtime_flags(s)
+    s.add_argument("--max-batch", type=_positive, default=32, help="images per inference call (32)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+    s.add_argument("--max-bytes", type=_positive, default=10 * 1024 * 1024, help="upload size limit (10 MiB)")
+    s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
+    s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images")
     s.add_argument("checkpoint")
@@ -250,6 +325,8 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--calib-images", type=_positive, default=256)
     s.add_argument("--out", help="default: beside the checkpoint (.int8.onnx)")
     s.add_argument("--split", choices=("val", "test"), default="test", help="where top-1 is measured")
+    s.add_argument("--input", choices=("float", "uint8"), default="float",
+                   help="the int8 model's input: float (normalised NCHW, as predict runs it) or uint8 RGB NHWC")
     s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model for the speed figure")
     s.add_argument("--json")
     s.set_defaults(func=cmd_quantize)
@@ -268,8 +345,8 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("target", nargs="?", default="squeezenet1_1", metavar="ARCH|CHECKPOINT")
     s.add_argument("--input-size", type=_positive, help="default: 224, or the checkpoint's")
     s.add_argument("--batch-sizes", default="1,32")
-    s.add_argument("--runtimes", help="comma-separated subset of eager,channels_last,compile,"
-                                      "onnxruntime,onnxruntime-int8")
+    s.add_argument("--runtimes", help="comma-separated subset of eager,channels_last,compile,onnxruntime,"
+                                      "onnxruntime-int8,openvino,openvino-bf16,openvino-int8")
     s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per runtime and batch size")
     s.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="also time a training step")

@@ -4,6 +4,11 @@ The file carries the class names and the preprocessing (input size, channels, me
 metadata (ONNX ``metadata_props``, TorchScript extra file ``squeezenet.json``), so another program
 can use it with nothing else. The check runs the written file on real images from the checkpoint's
 own evaluation data and compares it with PyTorch (max abs diff <= 1e-4).
+
+Two input layouts: ``float`` (N, C, H, W), normalised, as PyTorch takes it; ``uint8`` (N, H, W, 3),
+RGB pixels 0-255 at the model's size, with scaling, normalisation and the transpose inside the
+graph, so a caller outside Python only decodes, resizes and crops (the mismatch most reported when
+SqueezeNet runs elsewhere: BGR, 0-255 vs 0-1, mean/std, NCHW/NHWC).
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .data import normalize
 from .errors import SqueezeNetError, UsageError
 from .files import atomic_path
 from .model import Fire
 from .runs import RunMeta
 
 FORMATS = ("onnx", "torchscript")
+# Formats whose writers live above this layer (web.py, mobile.py); the CLI dispatches to them.
+TARGETS = (*FORMATS, "web", "executorch")
+INPUTS = ("float", "uint8")
 # 10: first MaxPool with ceil_mode (the torchvision export bug); 13: per-channel QDQ for quantize;
 # 20: the highest the TorchScript-based exporter writes. The torch.export-based exporter needs the
 # extra package onnxscript and gains nothing for a plain CNN, so it is not used.
@@ -33,29 +42,73 @@ TOLERANCE = 1e-4
 EXTRA_FILE = "squeezenet.json"
 
 
-def metadata(meta: RunMeta) -> dict[str, str]:
+def metadata(meta: RunMeta, raw_input: bool = False) -> dict[str, str]:
     """What a consumer needs to feed the model: string key/values, JSON where not a plain string."""
     pre = meta.preprocess
+    layout = (f"NHWC uint8 RGB 0-255, {pre.image_size}x{pre.image_size} (shorter side resized, centre "
+              f"crop); scaling and normalisation are inside the model") if raw_input else \
+        "NCHW float32, (pixel / 255 - mean) / std"
     return {"arch": meta.arch, "class_names": json.dumps(meta.class_names),
             "image_size": str(pre.image_size), "in_channels": str(pre.in_channels),
             "mean": json.dumps(list(pre.mean)), "std": json.dumps(list(pre.std)),
-            "input_layout": "NCHW float32, (pixel / 255 - mean) / std",
+            "input_layout": layout, "input_dtype": "uint8" if raw_input else "float32",
             "squeezenet_metadata": json.dumps(meta.to_dict())}
 
 
-def sample_inputs(meta: RunMeta, n: int = 8) -> torch.Tensor:
-    """``n`` real, normalised images from the checkpoint's evaluation data (random ones, with a
-    warning, where that data is not on this machine)."""
+class RawImageInput(nn.Module):
+    """uint8 RGB pixels (N, H, W, 3) in, the model's logits out: the NHWC -> NCHW transpose, /255
+    and (x - mean) / std inside the graph. A 1-channel model converts to grey exactly as PIL's
+    ``convert("L")`` does (integer luma, rounded), so its inputs match ``predict``'s."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model, self.grey = model, len(mean) == 1
+        self.register_buffer("scale", torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1))
+        self.register_buffer("luma", torch.tensor([19595.0, 38470.0, 7471.0]).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()
+        if self.grey:  # exact in float32: the sum stays below 2**24
+            x = torch.floor(((x * self.luma).sum(1, keepdim=True) + 32768) / 65536)
+        return self.model(x * self.scale + self.shift)
+
+
+def raw_wrapper(model: nn.Module, meta: RunMeta) -> nn.Module:
+    """The BN-folded model behind ``RawImageInput`` (eval mode)."""
+    if meta.preprocess.in_channels not in (1, 3):
+        raise SqueezeNetError(f"the uint8 input takes RGB images, and this model takes {meta.preprocess.in_channels} "
+                              f"channels: export it with --input float (normalised NCHW)")
+    return RawImageInput(fold_batchnorm(model), meta.preprocess.mean, meta.preprocess.std).eval()
+
+
+def sample_images(meta: RunMeta, n: int = 8) -> torch.Tensor:
+    """``n`` real uint8 images (N, C, H, W) from the checkpoint's evaluation data (random ones, with
+    a warning, where that data is not on this machine)."""
     from .splits import eval_data
 
     try:
         data = eval_data(meta, split="test")
-        return data.batch(torch.arange(min(n, len(data))))
+        return data.uint8(torch.arange(min(n, len(data))))
     except SqueezeNetError as e:
         warnings.warn(f"checking the export on random inputs: the evaluation data is unavailable ({e})", stacklevel=2)
         pre = meta.preprocess
         g = torch.Generator().manual_seed(0)
-        return torch.randn(n, pre.in_channels, pre.image_size, pre.image_size, generator=g)
+        return torch.randint(0, 256, (n, pre.in_channels, pre.image_size, pre.image_size), generator=g,
+                             dtype=torch.uint8)
+
+
+def as_rgb_nhwc(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) as the raw-input model takes it: (N, H, W, 3), grey repeated (its luma is itself)."""
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    return images.permute(0, 2, 3, 1).contiguous()
+
+
+def sample_inputs(meta: RunMeta, n: int = 8) -> torch.Tensor:
+    """``sample_images``, normalised as the float-input model takes them."""
+    pre = meta.preprocess
+    return normalize(sample_images(meta, n), pre.mean, pre.std)
 
 
 def check_opset(opset: int) -> None:
@@ -91,12 +144,18 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET,
-               dynamic_batch: bool = True, meta: RunMeta | None = None) -> bytes:
-    """The serialised ONNX model (eval mode: dropout gone, BatchNorm folded into the convs)."""
+               dynamic_batch: bool = True, meta: RunMeta | None = None, raw_input: bool = False) -> bytes:
+    """The serialised ONNX model (eval mode: dropout gone, BatchNorm folded into the convs).
+    ``raw_input``: uint8 NHWC RGB in (``meta`` required, ``example`` one such batch)."""
     import onnx
 
     check_opset(opset)
-    model = fold_batchnorm(model)
+    if raw_input:
+        if meta is None:
+            raise ValueError("a raw-input export needs the checkpoint's preprocessing (meta)")
+        model = raw_wrapper(model, meta)
+    else:
+        model = fold_batchnorm(model)
     f = io.BytesIO()
     axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
@@ -106,7 +165,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAU
                           do_constant_folding=True)
     proto = onnx.load_from_string(f.getvalue())
     if meta is not None:
-        for key, value in metadata(meta).items():
+        for key, value in metadata(meta, raw_input).items():
             proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
 
@@ -122,8 +181,25 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def verify_onnx(data: bytes, model: torch.nn.Module, x: torch.Tensor) -> float:
-    """onnx.checker, then max |ONNX - PyTorch| over ``x``; raises above ``TOLERANCE``."""
+def openvino_model(model_bytes_or_path, precision: str = "fp32"):
+    """A function from a numpy batch to logits, by OpenVINO on the CPU from an ONNX model.
+    ``fp32`` pins float32 math (on CPUs with bf16 units OpenVINO's default runs float layers in
+    bf16); ``bf16`` and ``int8`` (a QDQ file) keep its defaults."""
+    import openvino as ov
+
+    core = ov.Core()
+    source = model_bytes_or_path
+    model = core.read_model(str(source)) if isinstance(source, (str, Path)) else core.read_model(source)
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    return lambda x: request.infer([x])[0]
+
+
+def verify_onnx(data: bytes, model: torch.nn.Module, x: torch.Tensor, raw: torch.Tensor | None = None) -> float:
+    """onnx.checker, then max |ONNX - PyTorch| over ``x``; raises above ``TOLERANCE``. ``raw``: the
+    same images as the raw-input model takes them (uint8 NHWC), fed to the file instead of ``x``."""
     import onnx
 
     try:
@@ -135,7 +211,8 @@ def verify_onnx(data: bytes, model: torch.nn.Module, x: torch.Tensor) -> float:
         expected = model.eval()(x).numpy()
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else len(x)  # a static-batch model takes its own size
-    got = np.concatenate([session.run(None, {"images": x[i:i + step].numpy()})[0]
+    fed = x if raw is None else raw
+    got = np.concatenate([session.run(None, {"images": fed[i:i + step].numpy()})[0]
                           for i in range(0, len(x) - step + 1, step)])
     return _compare(got, expected[:len(got)], "ONNX")
 
@@ -152,37 +229,49 @@ def _compare(got, expected, what: str) -> float:
     return diff
 
 
-def export(checkpoint, fmt: str, out=None, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> dict:
+def check_input(input_type: str) -> None:
+    if input_type not in INPUTS:
+        raise UsageError(f"unknown --input {input_type!r}: choose uint8 (RGB pixels, NHWC; preprocessing "
+                         f"inside the model) or float (normalised NCHW)")
+
+
+def export(checkpoint, fmt: str, out=None, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+           input_type: str = "float") -> dict:
     """Export, verify and write atomically; returns what was written and the measured difference."""
     if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}: choose one of {', '.join(TARGETS)}")
+    check_input(input_type)
     if fmt == "onnx":
         check_opset(opset)
     model, meta = load_checkpoint(checkpoint)
-    x = sample_inputs(meta)
-    example = x if dynamic_batch else x[:1]
+    pre, raw_input = meta.preprocess, input_type == "uint8"
+    images = sample_images(meta)
+    x = normalize(images, pre.mean, pre.std)
+    raw = as_rgb_nhwc(images) if raw_input else None
+    fed = raw if raw_input else x
+    example = fed if dynamic_batch else fed[:1]
     if fmt == "onnx":
-        data = onnx_bytes(model, example, opset, dynamic_batch, meta)
-        diff = verify_onnx(data, model, x)
+        data = onnx_bytes(model, example, opset, dynamic_batch, meta, raw_input)
+        diff = verify_onnx(data, model, x, raw)
         out = Path(out) if out else default_out(checkpoint, ".onnx")
         with atomic_path(out) as tmp:
             tmp.write_bytes(data)
     else:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(fold_batchnorm(model), example)
-            traced = torch.jit.freeze(traced)
+            wrapped = raw_wrapper(model, meta) if raw_input else fold_batchnorm(model)
+            traced = torch.jit.freeze(torch.jit.trace(wrapped, example))
             f = io.BytesIO()
-            torch.jit.save(traced, f, _extra_files={EXTRA_FILE: json.dumps(metadata(meta))})
+            torch.jit.save(traced, f, _extra_files={EXTRA_FILE: json.dumps(metadata(meta, raw_input))})
             f.seek(0)
             reloaded = torch.jit.load(f)
-            diff = _compare(reloaded(x).numpy(), model(x).numpy(), "TorchScript")
+            diff = _compare(reloaded(fed).numpy(), model(x).numpy(), "TorchScript")
         out = Path(out) if out else default_out(checkpoint, ".pt")
         with atomic_path(out) as tmp:
             tmp.write_bytes(f.getvalue())
     return {"format": fmt, "out": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff,
             "opset": opset if fmt == "onnx" else None, "dynamic_batch": dynamic_batch,
-            "checked_on": len(x)}
+            "input": input_type, "checked_on": len(x)}
 
 
 def default_out(checkpoint, suffix: str) -> Path:

@@ -1,68 +1,38 @@
 """``predict``: top-k labels with probabilities for image files, on the fastest runtime.
 
-``auto`` picks onnxruntime when it is installed (3-4x PyTorch eager for v1.1 at 224 px on the
-2-core CPU; ``squeezenet bench``). The ONNX model is exported once per checkpoint and kept in the
-cache directory, keyed by the checkpoint's content. Images are read and run in batches, so a
-folder of thousands needs the memory of one batch.
+The runtime and precision are ``runtime.make_engine``'s: by default the fastest measured on this
+machine among those installed (int8 only where its measured accuracy loss is within bounds).
+Images are read and run in batches, so a folder of thousands needs the memory of one batch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint
 from .data import IMAGE_EXTENSIONS, load_image_files, normalize, shown
 from .errors import SqueezeNetError
-from .files import atomic_path, cache_dir
 from .runs import RunMeta
+from .runtime import PRECISIONS, RUNTIMES, make_engine
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+__all__ = ["PRECISIONS", "RUNTIMES", "make_predictor", "predict_files", "top_labels"]
 BATCH = 64
 
 
-def pick_runtime(runtime: str = "auto") -> str:
-    available = importlib.util.find_spec("onnxruntime") is not None and \
-        importlib.util.find_spec("onnx") is not None
-    if runtime == "auto":
-        return "onnxruntime" if available else "torch"
-    if runtime == "onnxruntime" and not available:
-        raise SqueezeNetError("--runtime onnxruntime needs the onnx and onnxruntime packages: "
-                              "pip install 'squeezenet[deploy]'")
-    if runtime not in RUNTIMES:
-        raise SqueezeNetError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
-    return runtime
-
-
-def make_predictor(model, meta: RunMeta, runtime: str = "auto", checkpoint=None):
+def make_predictor(model, meta: RunMeta, runtime: str = "auto", checkpoint=None, precision: str = "auto"):
     """(function from a normalised NCHW float batch to logits as numpy, runtime name)."""
-    runtime = pick_runtime(runtime)
-    if runtime == "torch":
-        model = model.eval().to(memory_format=torch.channels_last)
+    engine = make_engine(model, meta, runtime, precision, checkpoint)
+    return engine, engine.name
 
-        def run(x):
-            with torch.no_grad():
-                return model(x.contiguous(memory_format=torch.channels_last)).numpy()
-        return run, "torch"
-    from .export import onnx_bytes, ort_session
 
-    pre = meta.preprocess
-    example = torch.zeros(1, pre.in_channels, pre.image_size, pre.image_size)
-    if checkpoint is None:
-        session = ort_session(onnx_bytes(model, example, dynamic_batch=True, meta=meta))
-    else:
-        digest = hashlib.sha256(resolve_checkpoint(checkpoint).read_bytes()).hexdigest()[:24]
-        path = cache_dir() / "onnx" / f"{digest}.onnx"
-        if not path.is_file():
-            data = onnx_bytes(model, example, dynamic_batch=True, meta=meta)
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-        session = ort_session(path)
-    return (lambda x: session.run(None, {"images": x.contiguous().numpy()})[0]), "onnxruntime"
+def top_labels(logits, classes, k: int) -> list[list[dict]]:
+    """Per image, the ``k`` most probable labels with their softmax probabilities."""
+    top = torch.softmax(torch.as_tensor(np.asarray(logits)).float(), dim=1).topk(min(k, len(classes)), dim=1)
+    return [[{"label": classes[i], "index": int(i), "probability": float(p)} for p, i in zip(ps.tolist(), ix.tolist())]
+            for ps, ix in zip(top.values, top.indices)]
 
 
 def image_paths(paths) -> list[Path]:
@@ -80,20 +50,19 @@ def image_paths(paths) -> list[Path]:
     return out
 
 
-def predict_files(checkpoint, paths, top_k: int = 5, runtime: str = "auto", batch_size: int = BATCH):
+def predict_files(checkpoint, paths, top_k: int = 5, runtime: str = "auto", batch_size: int = BATCH,
+                  precision: str = "auto", engine=None):
+    """(results, engine): per image its top-k; ``engine`` says which runtime ran and why."""
     if top_k < 1:
         raise SqueezeNetError(f"--top-k must be at least 1, got {top_k}")
     model, meta = load_checkpoint(checkpoint)
     pre, classes = meta.preprocess, meta.class_names
     paths = image_paths(paths)
-    run, runtime = make_predictor(model, meta, runtime, checkpoint)
-    k, results = min(top_k, len(classes)), []
+    engine = engine or make_engine(model, meta, runtime, precision, checkpoint)
+    results = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images, names = load_image_files(chunk, pre.image_size, pre.in_channels)
-        logits = torch.from_numpy(np.asarray(run(normalize(images, pre.mean, pre.std))))
-        top = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
-        results += [{"image": n, "top": [{"label": classes[i], "index": int(i), "probability": float(p)}
-                                              for p, i in zip(ps.tolist(), ix.tolist())]}
-                    for n, ps, ix in zip(names, top.values, top.indices)]
-    return results, runtime
+        images, names = load_image_files(chunk, pre.image_size, pre.in_channels, pre.resize_size)
+        tops = top_labels(engine(normalize(images, pre.mean, pre.std)), classes, top_k)
+        results += [{"image": n, "top": t} for n, t in zip(names, tops)]
+    return results, engine

@@ -3,11 +3,14 @@
 Weights int8 per output channel, activations uint8 (U8S8: the layout VNNI's u8 x s8 dot product
 takes), ranges calibrated on real training images. Accuracy is measured, not assumed: int8
 SqueezeNet is reported to lose 3 points on some CPUs, so top-1 before and after is part of the
-result, with file size and speed.
+result, with file size and speed, and is written beside the int8 file (``X.int8.json``): that
+record is what lets ``predict --precision auto`` choose int8 (within ``INT8_MAX_DROP`` points).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -16,18 +19,21 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import SqueezeNetError
-from .export import DEFAULT_OPSET, default_out, onnx_bytes, ort_session
-from .files import atomic_path
+from .export import DEFAULT_OPSET, as_rgb_nhwc, check_input, default_out, onnx_bytes, openvino_model, ort_session
+from .files import atomic_path, write_text_atomic
+from .rundir import train_hashes
 from .runs import RunMeta
-from .splits import eval_loader, run_splits
+from .splits import eval_data, run_splits
 from .timing import measure
 
 NUM_CALIB = 256  # images; MinMax ranges settle well before this on 10-class sets
+INT8_MAX_DROP = 0.5  # top-1 points int8 may lose and still be chosen automatically
 
 
-def training_images(meta: RunMeta, calib_data=None, n: int = NUM_CALIB, seed: int = 0) -> torch.Tensor:
+def training_images(meta: RunMeta, calib_data=None, n: int = NUM_CALIB, seed: int = 0,
+                    raw: bool = False) -> torch.Tensor:
     """``n`` normalised images the checkpoint was trained on (its training split, never the
-    validation or test images), or from the folder ``calib_data``."""
+    validation or test images), or from the folder ``calib_data``; ``raw``: uint8 NHWC RGB."""
     from .data import load_folder
 
     pre = meta.preprocess
@@ -47,7 +53,7 @@ def training_images(meta: RunMeta, calib_data=None, n: int = NUM_CALIB, seed: in
         raise SqueezeNetError("no calibration data: the calibration set holds no images")
     data.mean, data.std = tuple(pre.mean), tuple(pre.std)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    return data.batch(idx)
+    return as_rgb_nhwc(data.uint8(idx)) if raw else data.batch(idx)
 
 
 def quantize_model(fp32: bytes, calib: np.ndarray, out: Path, batch: int = 32) -> None:
@@ -122,37 +128,70 @@ def share_concat_scales(path: Path) -> int:
     return changed
 
 
-def ort_accuracy(session, loader) -> float:
-    """Top-1 in percent of an onnxruntime session over a ``Loader``."""
-    correct = count = 0
-    for x, y in loader:
-        logits = session.run(None, {"images": x.contiguous().numpy()})[0]
-        correct += int((logits.argmax(1) == y.numpy()).sum())
-        count += len(y)
-    return 100.0 * correct / max(count, 1)
+def accuracy(run, data, raw: bool = False, batch: int = 256) -> float:
+    """Top-1 in percent over an ``ImageSet`` of ``run``, a function from a numpy batch to logits
+    (``raw``: fed uint8 NHWC RGB, else normalised NCHW)."""
+    correct = 0
+    for start in range(0, len(data), batch):
+        idx = torch.arange(start, min(start + batch, len(data)))
+        x = as_rgb_nhwc(data.uint8(idx)) if raw else data.batch(idx)
+        logits = run(x.contiguous().numpy())
+        correct += int((logits.argmax(1) == data.labels[idx].numpy()).sum())
+    return 100.0 * correct / max(len(data), 1)
+
+
+def ort_accuracy(session, data, raw: bool = False) -> float:
+    return accuracy(lambda x: session.run(None, {"images": x})[0], data, raw)
+
+
+def openvino_accuracy(path: Path, data, raw: bool = False) -> float | None:
+    """Top-1 of the int8 file run by OpenVINO (its kernels round differently), None without it."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    return accuracy(openvino_model(path, "int8"), data, raw)
+
+
+def file_digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_path(int8_path) -> Path:
+    """``best.int8.onnx`` -> ``best.int8.json``: the accuracy record beside the int8 file."""
+    return Path(int8_path).with_suffix(".json")
 
 
 def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_calib: int = NUM_CALIB,
-             bench_seconds: float = 2.0) -> dict:
+             bench_seconds: float = 2.0, input_type: str = "float") -> dict:
+    from .checkpoint import resolve_checkpoint
+
+    check_input(input_type)
+    raw = input_type == "uint8"
     model, meta = load_checkpoint(checkpoint)
-    calib = training_images(meta, calib_data, num_calib)  # first: no data, no work
+    calib = training_images(meta, calib_data, num_calib, raw=raw)  # first: no data, no work
     out = Path(out) if out else default_out(checkpoint, ".int8.onnx")
-    fp32 = onnx_bytes(model, calib[:1], DEFAULT_OPSET, dynamic_batch=True, meta=meta)
+    fp32 = onnx_bytes(model, calib[:1], DEFAULT_OPSET, dynamic_batch=True, meta=meta, raw_input=raw)
+    data = eval_data(meta, split=split, train_hashes=train_hashes(checkpoint) if split == "test" else None)
     with atomic_path(out) as tmp:
         quantize_model(fp32, calib.numpy(), tmp)
         int8_session = ort_session(tmp)
         fp32_session = ort_session(fp32)
-        _, loader = eval_loader(meta, split=split, batch_size=256)
-        before, after = ort_accuracy(fp32_session, loader), ort_accuracy(int8_session, loader)
-        x = calib[:32].repeat((32 + len(calib) - 1) // len(calib), 1, 1, 1)[:32].numpy()
+        before, after = ort_accuracy(fp32_session, data, raw), ort_accuracy(int8_session, data, raw)
+        after_ov = openvino_accuracy(tmp, data, raw)
+        x = calib[:32].repeat((32 + len(calib) - 1) // len(calib), *[1] * (calib.dim() - 1))[:32].numpy()
         speed = measure({name: lambda b, s=s: s.run(None, {"images": b})
                          for name, s in (("fp32", fp32_session), ("int8", int8_session))}, x, bench_seconds)
-        size = tmp.stat().st_size
-    return {"checkpoint": str(checkpoint), "out": str(out), "split": split,
-            "eval_count": len(loader.data), "calibration_images": len(calib),
-            "scheme": "onnxruntime static QDQ, U8S8, per-channel weights, MinMax",
-            "top1_fp32": before, "top1_int8": after, "top1_drop": before - after,
-            "bytes_fp32": len(fp32), "bytes_int8": size, "size_ratio": size / len(fp32),
-            "batch": 32, "images_per_s_fp32": speed["fp32"]["images_per_s"],
-            "images_per_s_int8": speed["int8"]["images_per_s"],
-            "speedup": speed["int8"]["images_per_s"] / speed["fp32"]["images_per_s"]}
+        size, digest = tmp.stat().st_size, file_digest(tmp)
+    result = {"checkpoint": str(checkpoint), "out": str(out), "split": split, "input": input_type,
+              "eval_count": len(data), "calibration_images": len(calib),
+              "scheme": "onnxruntime static QDQ, U8S8, per-channel weights, MinMax",
+              "top1_fp32": before, "top1_int8": after, "top1_drop": before - after,
+              "bytes_fp32": len(fp32), "bytes_int8": size, "size_ratio": size / len(fp32),
+              "batch": 32, "images_per_s_fp32": speed["fp32"]["images_per_s"],
+              "images_per_s_int8": speed["int8"]["images_per_s"],
+              "speedup": speed["int8"]["images_per_s"] / speed["fp32"]["images_per_s"],
+              "top1_int8_openvino": after_ov,
+              "checkpoint_sha256": file_digest(resolve_checkpoint(checkpoint)), "int8_sha256": digest}
+    write_text_atomic(record_path(out), json.dumps(result, indent=2) + "\n")
+    return result

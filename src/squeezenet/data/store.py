@@ -69,13 +69,20 @@ def open_store(key: str, labels: list[int]) -> tuple[torch.Tensor, list[int], li
     return torch.from_numpy(images), record["valid"], record["skipped"]
 
 
-def decode_all(samples, size: int, channels: int, out: np.ndarray, progress: bool):
-    """Decode every file into ``out[i]`` in parallel (PIL releases the GIL while decoding, so
-    threads use every core); returns (indices of the readable files, the unreadable ones, each
-    with its reason)."""
+def decode_all(samples, size: int, channels: int, out: np.ndarray | int, progress: bool):
+    """Decode every file into ``out[i]`` (an array, or a file descriptor written at image i's
+    offset: the decoded pages go to the page cache, not to this process's memory) in parallel
+    (PIL releases the GIL while decoding, so threads use every core); returns (indices of the
+    readable files, the unreadable ones, each with its reason)."""
+    item = channels * size * size
+
     def work(i):
         try:
-            out[i] = decode(samples[i][0], size, channels)
+            image = decode(samples[i][0], size, channels)
+            if isinstance(out, int):
+                os.pwrite(out, image.tobytes(), i * item)
+            else:
+                out[i] = image
             return None
         except Exception as e:  # PIL's decoders raise many types on hostile bytes: a named skip
             return i, f"{shown(samples[i][0])}: {type(e).__name__}: {e}"
@@ -106,10 +113,12 @@ def build_store(key: str, samples, size: int, channels: int, progress: bool):
                       f"decoding into memory instead (set SQUEEZENET_CACHE to a disk with room)", stacklevel=3)
         return None
     try:
-        images = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="r+", shape=(n, channels, size, size))
-        valid, skipped = decode_all(samples, size, channels, images, progress)
-        images.flush()
-        del images
+        fd = os.open(tmp / "images.u8", os.O_WRONLY)
+        try:
+            valid, skipped = decode_all(samples, size, channels, fd, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         record = {"version": STORE_VERSION, "shape": [n, channels, size, size], "valid": valid,
                   "skipped": skipped, "labels": [label for _, label in samples],
                   "created": time.strftime("%Y-%m-%d %H:%M:%S"),

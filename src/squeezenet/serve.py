@@ -1,0 +1,358 @@
+"""``serve``: an HTTP API for a checkpoint (Starlette on uvicorn), with the web page at ``/``.
+
+    POST /predict   image bytes (Content-Type image/* or application/octet-stream), or
+                    multipart/form-data with one or more files; ?top_k=K
+    GET  /health    {"status": "ok"}
+    GET  /model     architecture, classes, preprocessing, the runtime and why, batching counters
+    GET  /          the page of ``export --format web`` (inference in the browser)
+
+Requests that arrive together are batched: while one inference call runs, the next requests queue,
+and the next call takes them all (up to ``max_batch`` images), waiting for requests still being
+read or decoded, at most ``max_wait_ms``; with nothing else arriving it runs at once. Each upload
+is decoded on its own before it joins a batch, so an undecodable one gets its 400 alone and never
+reaches the others. Bodies over ``max_bytes`` get 413. SIGTERM or Ctrl-C stop
+accepting connections and let the requests in flight finish (uvicorn's graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib.util
+import io
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import decode, normalize
+from .errors import SqueezeNetError, UsageError
+from .predict import top_labels
+from .runs import RunMeta
+from .runtime import make_engine
+
+log = logging.getLogger("squeezenet")
+
+MAX_BYTES = 10 * 1024 * 1024  # per request: photos from phones are 2-8 MB
+MAX_IMAGES = 64  # per request
+MAX_BATCH = 32
+MAX_WAIT_MS = 5.0
+INLINE_DECODE_BYTES = 32 * 1024  # a 224 px JPEG: well under a millisecond to decode
+DRAIN_SECONDS = 30  # on SIGTERM, how long requests in flight may take to finish
+
+
+def require_serve() -> None:
+    missing = [m for m in ("starlette", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SqueezeNetError(f"serve needs the {', '.join(missing)} package(s): pip install 'squeezenet[serve]'")
+
+
+class Batcher:
+    """One inference call at a time in a worker thread, on every request queued meanwhile."""
+
+    def __init__(self, engine, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
+        self.engine, self.max_batch, self.max_wait = engine, max_batch, max_wait_ms / 1000
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="squeezenet-infer")
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.calls = self.images = 0
+        self.arriving = 0  # requests being read or decoded: worth waiting for
+
+    def arrival(self):
+        """Context manager around reading and decoding a request (so a batch waits for it)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def arriving():
+            self.arriving += 1
+            try:
+                yield
+            finally:
+                self.arriving -= 1
+        return arriving()
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def infer(self, x: torch.Tensor) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, future))
+        return await future
+
+    async def _collect(self) -> list:
+        items = [await self.queue.get()]
+        n, loop = len(items[0][0]), asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while n < self.max_batch:
+            if self.queue.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.arriving == 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = self.queue.get_nowait()
+            items.append(item)
+            n += len(item[0])
+        return items
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            x = torch.cat([x for x, _ in items])
+            try:
+                logits = await loop.run_in_executor(self.executor, self.engine, x)
+            except Exception as e:  # the runtime failed: every request of this batch gets a 500
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            self.calls, self.images = self.calls + 1, self.images + len(x)
+            start = 0
+            for xi, f in items:
+                if not f.done():  # the client may have gone
+                    f.set_result(logits[start:start + len(xi)])
+                start += len(xi)
+
+
+class BadUpload(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request, max_bytes: int):
+    """The request body as it streams in, refused once it passes ``max_bytes``."""
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise BadUpload(413, f"the upload is over the limit of {max_bytes:,} bytes")
+        yield chunk
+
+
+async def uploads(request, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image in the request: the raw body, or every file of a multipart form."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise BadUpload(413, f"the upload ({int(length):,} bytes) is over the limit of {max_bytes:,} bytes")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parser = MultiPartParser(request.headers, read_body(request, max_bytes), max_files=max_images,
+                                 max_fields=max_images)
+        try:
+            form = await parser.parse()
+        except MultiPartException as e:
+            raise BadUpload(400, f"bad multipart form: {e}") from None
+        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if not isinstance(v, str)]
+        await form.close()
+    elif ctype in ("", "application/octet-stream") or ctype.startswith("image/"):
+        files = [("image", b"".join([c async for c in read_body(request, max_bytes)]))]
+    else:
+        raise BadUpload(415, f"unsupported Content-Type {ctype!r}: send the image's bytes (image/*) or a "
+                             f"multipart/form-data form with image files")
+    files = [(name, data) for name, data in files if data]
+    if not files:
+        raise BadUpload(400, "no image in the request: send image bytes, or files in a multipart form")
+    if len(files) > max_images:
+        raise BadUpload(413, f"{len(files)} images in one request: at most {max_images}")
+    return files
+
+
+def decode_upload(data: bytes, name: str, meta: RunMeta) -> torch.Tensor:
+    """One upload as the model's normalised (1, C, H, W) input, decoded as ``predict`` decodes files."""
+    pre = meta.preprocess
+    from PIL import UnidentifiedImageError
+
+    try:
+        arr = decode(io.BytesIO(data), pre.image_size, pre.in_channels, pre.resize_size)
+    except UnidentifiedImageError:
+        raise BadUpload(400, f"cannot decode image {name!r}: not an image format PIL reads, or damaged") from None
+    except Exception as e:  # PIL's decoders raise many types on hostile bytes
+        raise BadUpload(400, f"cannot decode image {name!r}: {type(e).__name__}: {str(e)[:200]}") from None
+    return normalize(torch.from_numpy(np.array(arr))[None], pre.mean, pre.std)
+
+
+async def _decode(data: bytes, name: str, meta: RunMeta) -> torch.Tensor:
+    """Small images decode on the event loop (a thread hop costs more); large ones in a thread."""
+    if len(data) <= INLINE_DECODE_BYTES:
+        return decode_upload(data, name, meta)
+    return await asyncio.to_thread(decode_upload, data, name, meta)
+
+
+def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_batch: int = MAX_BATCH,
+               max_wait_ms: float = MAX_WAIT_MS, max_bytes: int = MAX_BYTES, max_images: int = MAX_IMAGES,
+               site: Path | None = None):
+    """The Starlette app (the engine is built now, so the first request pays nothing)."""
+    require_serve()
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    model, meta = load_checkpoint(checkpoint)
+    engine = make_engine(model, meta, runtime, precision, checkpoint)
+    log.info(f"runtime: {engine.name} ({engine.reason})")
+    batcher = Batcher(engine, max_batch, max_wait_ms)
+    classes = meta.class_names
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status)
+
+    async def predict(request):
+        t0 = time.perf_counter()
+        try:
+            k = int(request.query_params.get("top_k", "5"))
+            if k < 1:
+                raise ValueError
+        except ValueError:
+            return error(400, f"top_k must be a whole number of at least 1, got {request.query_params['top_k']!r}")
+        try:
+            with batcher.arrival():
+                files = await uploads(request, max_bytes, max_images)
+                x = torch.cat(await asyncio.gather(*[_decode(data, name, meta) for name, data in files]))
+        except BadUpload as e:
+            return error(e.status, str(e))
+        logits = await batcher.infer(x)
+        return JSONResponse({"predictions": [{"image": name, "top": top} for (name, _), top in
+                                             zip(files, top_labels(logits, classes, k))],
+                             "runtime": engine.name, "ms": (time.perf_counter() - t0) * 1000})
+
+    async def health(request):
+        return JSONResponse({"status": "ok"})
+
+    async def describe(request):
+        pre = meta.preprocess
+        return JSONResponse({"arch": meta.arch, "class_names": classes, "image_size": pre.image_size,
+                             "resize_size": pre.resize_size, "in_channels": pre.in_channels,
+                             "mean": list(pre.mean), "std": list(pre.std), "runtime": engine.name,
+                             "runtime_reason": engine.reason, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                             "max_bytes": max_bytes, "max_images": max_images, "inference_calls": batcher.calls,
+                             "images": batcher.images, "page": site is not None})
+
+    async def no_page(request):
+        return error(404, "the web page is off: onnxruntime-web was not found (pass --ort-web DIR)")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    routes = [Route("/predict", predict, methods=["POST"]), Route("/health", health), Route("/model", describe)]
+    routes.append(Mount("/", StaticFiles(directory=site, html=True)) if site is not None else Route("/", no_page))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.engine, app.state.batcher = engine, batcher
+    return _isolated(app) if site is not None else app
+
+
+def _isolated(app):
+    """COOP/COEP headers: a cross-origin-isolated page may run onnxruntime-web's threads."""
+    async def wrapped(scope, receive, send):
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"cross-origin-opener-policy", b"same-origin"),
+                                      (b"cross-origin-embedder-policy", b"require-corp")]
+            await send(message)
+        await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+    wrapped.state = app.state
+    return wrapped
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before loading anything when ``host:port`` cannot be listened on."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not 0..65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise SqueezeNetError(f"port {port} on {host} is in use (another server?): stop it, or choose "
+                                      f"another with --port") from None
+            raise SqueezeNetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def build_site(checkpoint, ort_web=None) -> tuple[Path | None, str]:
+    """The web page's folder in a temporary directory (None, and why, where onnxruntime-web is absent)."""
+    from .web import export_web, ort_web_dir
+
+    try:
+        ort_web_dir(ort_web, download=ort_web is None)
+    except SqueezeNetError as e:
+        return None, str(e)
+    tmp = Path(tempfile.mkdtemp(prefix="squeezenet-site-"))
+    export_web(checkpoint, tmp / "site", ort_web=ort_web)
+    return tmp / "site", ""
+
+
+def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto", precision: str = "auto",
+          max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, max_bytes: int = MAX_BYTES,
+          ort_web=None, page: bool = True) -> None:
+    """Serve until SIGTERM or Ctrl-C, then drain the requests in flight."""
+    require_serve()
+    import uvicorn
+
+    if max_batch < 1 or max_wait_ms < 0 or max_bytes < 1:
+        raise UsageError("--max-batch and --max-bytes must be positive, --max-wait-ms not negative")
+    check_port(host, port)
+    site, why = build_site(checkpoint, ort_web) if page else (None, "--no-page")
+    if site is None:
+        log.warning(f"serving without the web page: {why}")
+    try:
+        app = create_app(checkpoint, runtime, precision, max_batch, max_wait_ms, max_bytes, site=site)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=DRAIN_SECONDS, lifespan="on")
+        server = uvicorn.Server(config)
+        log.info(f"serving {checkpoint} on http://{host}:{port} (POST /predict, GET /health, GET /model"
+                 f"{', the page at /' if site else ''}); SIGTERM or Ctrl-C stops it")
+        _run(server)
+        if not server.started:
+            raise SqueezeNetError(f"the server could not start on {host}:{port} (see the message above)")
+    finally:
+        if site is not None:
+            shutil.rmtree(site.parent, ignore_errors=True)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _run(server) -> None:
+    """``server.run()``; uvicorn drains on SIGTERM/SIGINT and then re-raises the signal to the
+    handler it found, which here ends the run normally instead of killing the process mid-cleanup."""
+    import signal
+
+    def stop(signum, frame):
+        raise _Stopped(signum)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except _Stopped:
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

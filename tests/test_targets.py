@@ -1,0 +1,544 @@
+"""Deployment targets, each run the way its users run it: the uint8 (preprocessing inside) export,
+the runtimes and `auto`, the web page in headless Chromium, the HTTP service as a real process,
+ExecuTorch's own runtime; and one clear message for each kind of bad input."""
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import write_image_folder
+from test_deploy import make_checkpoint
+
+from squeezenet import runtime
+from squeezenet.checkpoint import save_checkpoint
+from squeezenet.zoo import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "web"
+ORT_WEB = WEB / "node_modules" / "onnxruntime-web" / "dist"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+needs_browser = pytest.mark.skipif(
+    shutil.which("node") is None or not Path(CHROMIUM).exists() or not ORT_WEB.is_dir()
+    or not (WEB / "node_modules" / "playwright-core").is_dir(),
+    reason="needs node, Debian's chromium and `npm ci` in web/ (.ci/run installs them)")
+needs_ort_web = pytest.mark.skipif(not ORT_WEB.is_dir(), reason="needs `npm ci` in web/ (onnxruntime-web)")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("targets")
+    write_image_folder(root / "images" / "test", per_class=8, seed=1)
+    return make_checkpoint(root / "best.safetensors", write_image_folder(root / "images" / "train", per_class=8).parent)
+
+
+@pytest.fixture(scope="module")
+def pixels(tmp_path_factory):
+    """PNGs at the model's size (32 px), so every target sees exactly the pixels `predict` decodes."""
+    root = write_image_folder(tmp_path_factory.mktemp("px"), per_class=3, size=32, seed=5)
+    return sorted(root.rglob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def python_predictions(ckpt, pixels):
+    """`predict --runtime torch` on ``pixels``: the reference every target is held to."""
+    from squeezenet.predict import predict_files
+
+    results, _ = predict_files(ckpt, pixels, top_k=2, runtime="torch")
+    return {r["image"]: r["top"] for r in results}
+
+
+def probabilities(top):
+    return {t["label"]: t["probability"] for t in top}
+
+
+def agree(top_a, top_b, tol):
+    assert top_a[0]["label"] == top_b[0]["label"]
+    pa, pb = probabilities(top_a), probabilities(top_b)
+    assert all(abs(pa[k] - pb[k]) <= tol for k in pa.keys() & pb.keys()), (pa, pb)
+
+
+def softmax(logits):
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def rgb(paths):
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+# ----------------------------------------------------------------------------- uint8 input
+
+def test_uint8_onnx_takes_rgb_pixels_and_agrees_with_predict(cli, ckpt, pixels, python_predictions, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    code, _, err = cli("export", ckpt, "--format", "onnx", "--input", "uint8", "--dynamic-batch", "--out", out)
+    assert code == 0, err
+    proto = onnx.load(out)
+    inp = proto.graph.input[0].type.tensor_type
+    assert inp.elem_type == onnx.TensorProto.UINT8 and [d.dim_value for d in inp.shape.dim][1:] == [32, 32, 3]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["input_dtype"] == "uint8" and props["input_layout"].startswith("NHWC uint8 RGB")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    probs = softmax(session.run(None, {"images": rgb(pixels)})[0])
+    for p, row in zip(pixels, probs):
+        expected = python_predictions[str(p)]
+        assert ["cat", "dog"][row.argmax()] == expected[0]["label"]
+        assert abs(row[expected[0]["index"]] - expected[0]["probability"]) <= 1e-4
+
+
+def test_uint8_grey_model_converts_as_pil_does():
+    """A 1-channel model's uint8 input is RGB: the graph's luma equals PIL's convert("L") exactly."""
+    from PIL import Image
+
+    from squeezenet.data import normalize
+    from squeezenet.export import RawImageInput
+
+    arr = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    grey = torch.from_numpy(np.stack([np.asarray(Image.fromarray(a).convert("L")) for a in arr]))[:, None]
+    identity = RawImageInput(torch.nn.Identity(), [0.0], [1 / 255])  # scale 1, shift 0: the luma itself
+    assert torch.equal(identity(torch.from_numpy(arr)), grey.float())
+    model = create_model("squeezenet1_1", num_classes=3, in_channels=1, small_input=True).eval()
+    with torch.no_grad():
+        got = RawImageInput(model, [0.3], [0.2])(torch.from_numpy(arr))
+        assert torch.allclose(got, model(normalize(grey, [0.3], [0.2])), atol=1e-5)
+
+
+def test_uint8_input_refuses_other_channel_counts(cli, tmp_path, image_folder):
+    kwargs = dict(num_classes=2, in_channels=4, small_input=True)
+    path = tmp_path / "c4.safetensors"
+    save_checkpoint(path, create_model("squeezenet1_1", **kwargs), {
+        "arch": "squeezenet1_1", "model_kwargs": kwargs, "class_names": ["a", "b"],
+        "preprocess": {"image_size": 32, "in_channels": 4, "mean": [0.5] * 4, "std": [0.25] * 4}})
+    before = sorted(tmp_path.iterdir())
+    for args in (["--format", "onnx", "--input", "uint8", "--out", tmp_path / "x.onnx"],
+                 ["--format", "web", "--out", tmp_path / "site", "--ort-web", tmp_path]):
+        code, _, err = cli("export", path, *args)
+        assert code in (1, 2) and "Traceback" not in err
+        assert "channels" in err or "--ort-web" in err, err
+    code, _, err = cli("export", path, "--format", "onnx", "--input", "uint8", "--out", tmp_path / "x.onnx")
+    assert code == 1 and "takes 4 channels" in err and "--input float" in err
+    assert sorted(tmp_path.iterdir()) == before  # nothing half-written
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+def test_openvino_runtime_agrees_with_torch(cli, ckpt, pixels, python_predictions, tmp_path):
+    pytest.importorskip("openvino")
+    code, _, err = cli("predict", ckpt, *pixels, "--runtime", "openvino", "--json", tmp_path / "ov.json")
+    assert code == 0 and "runtime: openvino fp32" in err, err
+    for r in json.loads((tmp_path / "ov.json").read_text())["predictions"]:
+        agree(r["top"], python_predictions[r["image"]][:len(r["top"])], 1e-4)
+
+
+def test_precision_auto_takes_int8_only_when_measured_within_bound(cli, ckpt, tmp_path):
+    from squeezenet.quantize import record_path
+
+    int8 = runtime.find_int8(ckpt)
+    assert int8.path is None and "squeezenet quantize" in int8.note
+    assert ("onnxruntime", "int8") not in runtime.candidates("auto", "auto", int8)
+    code, _, err = cli("predict", ckpt, str(ckpt.parent / "images" / "test" / "cat" / "0.png"),
+                       "--precision", "int8")
+    assert code == 1 and "squeezenet quantize" in err
+    assert cli("predict", ckpt, "x.png", "--runtime", "torch", "--precision", "int8")[0] == 2
+
+    out = ckpt.parent / "best.int8.onnx"  # where `quantize` writes by default, and `predict` looks
+    try:
+        code, _, err = cli("quantize", ckpt, "--calib-images", "8", "--seconds", "0.05")
+        assert code == 0, err
+        record = json.loads(record_path(out).read_text())
+        assert record["int8_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+        for drop, allowed in ((0.0, True), (0.4, True), (1.5, False)):
+            record_path(out).write_text(json.dumps({**record, "top1_int8": record["top1_fp32"] - drop,
+                                                    "top1_int8_openvino": record["top1_fp32"] - drop}))
+            found = runtime.find_int8(ckpt)
+            assert found.allowed["onnxruntime"] is allowed and f"onnxruntime {drop:+.2f}" in found.note
+            assert (("onnxruntime", "int8") in runtime.candidates("auto", "auto", found)) is allowed
+            assert ("onnxruntime", "int8") in runtime.candidates("onnxruntime", "int8", found)  # asked for
+        record_path(out).write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))
+        assert runtime.find_int8(ckpt).path is None and "another checkpoint" in runtime.find_int8(ckpt).note
+    finally:
+        out.unlink(missing_ok=True)
+        record_path(out).unlink(missing_ok=True)
+
+
+def test_auto_measures_once_per_machine_and_model(ckpt, monkeypatch):
+    from squeezenet.checkpoint import load_checkpoint
+
+    calls = []
+    real = runtime.measure_candidates
+    monkeypatch.setattr(runtime, "measure_candidates", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, meta = load_checkpoint(ckpt)
+    first = runtime.make_engine(model, meta, "auto", "fp32", ckpt, seconds=0.05)
+    second = runtime.make_engine(model, meta, "auto", "fp32", ckpt, seconds=0.05)
+    assert len(calls) == 1 and "measured" in first.reason and "cached" in second.reason
+    assert first.name == second.name and set(first.measured["1"]) >= {"torch fp32", "onnxruntime fp32"}
+    best = {b: max(v, key=v.get) for b, v in first.measured.items()}
+    assert first.runners[1][0] == best["1"] and first.runners[32][0] == best["32"]
+    x = torch.randn(3, 3, 32, 32)
+    assert np.abs(first(x) - model(x).detach().numpy()).max() <= 1e-4
+
+
+def test_missing_optional_packages_name_their_extra(cli, ckpt, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    gone = {"openvino", "executorch", "starlette"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in gone else real(name, *a))
+    code, _, err = cli("predict", ckpt, "x.png", "--runtime", "openvino")
+    assert code == 1 and "pip install 'squeezenet[openvino]'" in err
+    code, _, err = cli("export", ckpt, "--format", "executorch", "--out", tmp_path / "m.pte")
+    assert code == 1 and "pip install 'squeezenet[mobile]'" in err
+    code, _, err = cli("serve", ckpt, "--port", "0")
+    assert code == 1 and "pip install 'squeezenet[serve]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_times_openvino(cli, tmp_path):
+    pytest.importorskip("openvino")
+    code, stdout, err = cli("bench", "squeezenet1_1", "--input-size", "32", "--batch-sizes", "2",
+                            "--runtimes", "openvino,openvino-bf16,openvino-int8", "--seconds", "0.05",
+                            "--no-train", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    records = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert {r["runtime"] for r in records} == {"openvino", "openvino-bf16", "openvino-int8"}
+    assert all(r["images_per_s"] > 0 for r in records)
+
+
+# ----------------------------------------------------------------------------- the web page
+
+def test_lockfile_pins_the_runtime_the_export_downloads():
+    from squeezenet import web
+
+    lock = json.loads((WEB / "package-lock.json").read_text())["packages"]["node_modules/onnxruntime-web"]
+    assert lock["version"] == web.ORT_WEB_VERSION and lock["integrity"] == web.ORT_WEB_INTEGRITY
+    assert json.loads((WEB / "package.json").read_text())["dependencies"]["onnxruntime-web"] == web.ORT_WEB_VERSION
+
+
+def test_ort_web_download_is_verified_before_it_is_kept(tmp_path):
+    from squeezenet import web
+    from squeezenet.errors import SqueezeNetError
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in web.ORT_WEB_FILES:
+            data = f"// {name}".encode()
+            info = tarfile.TarInfo(f"package/dist/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tgz = buf.getvalue()
+    good = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+    dest = tmp_path / "cache" / "onnxruntime-web" / web.ORT_WEB_VERSION
+    with pytest.raises(SqueezeNetError, match="does not match the pinned sha512"):
+        web.fetch_ort_web(dest, integrity="sha512-" + base64.b64encode(bytes(64)).decode(), opener=lambda url: tgz)
+    assert not dest.parent.exists()  # nothing kept
+
+    def offline(url):
+        raise OSError("Network is unreachable")
+    with pytest.raises(SqueezeNetError, match="--ort-web"):
+        web.fetch_ort_web(dest, opener=offline)
+    seen = []
+    assert web.fetch_ort_web(dest, integrity=good, opener=lambda url: seen.append(url) or tgz) == dest
+    assert seen == [web.ORT_WEB_URL] and sorted(p.name for p in dest.iterdir()) == sorted(web.ORT_WEB_FILES)
+
+
+@needs_ort_web
+def test_web_export_bad_input(cli, ckpt, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli("export", ckpt, "--format", "web", "--out", tmp_path / "site", "--ort-web", empty)
+    assert code == 2 and "holds no ort.wasm.bundle.min.mjs" in err
+    taken = tmp_path / "taken"
+    (taken / "mine.txt").parent.mkdir()
+    (taken / "mine.txt").write_text("keep me")
+    code, _, err = cli("export", ckpt, "--format", "web", "--out", taken, "--ort-web", ORT_WEB)
+    assert code == 2 and "not a site this command wrote" in err and (taken / "mine.txt").read_text() == "keep me"
+    assert cli("export", ckpt, "--format", "web", "--input", "float", "--out", tmp_path / "s")[0] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"]
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def static_host():
+    """Serves a folder on 127.0.0.1 (a free port) as any static host would."""
+    servers = []
+
+    def serve(folder):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(folder)))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/"
+    yield serve
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def run_page(url, spec, timeout=90):
+    proc = subprocess.run(["node", str(WEB / "check_page.mjs"), url, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout, cwd=WEB, env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in out, out
+    return out
+
+
+@needs_browser
+def test_web_page_in_chromium_agrees_with_predict(cli, ckpt, pixels, python_predictions, tmp_path, static_host):
+    site = tmp_path / "site"
+    code, stdout, err = cli("export", ckpt, "--format", "web", "--out", site, "--ort-web", ORT_WEB,
+                            "--top-k", "2", "--json", tmp_path / "w.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "w.json").read_text())
+    assert set(r["files"]) == {"index.html", "app.js", "model.onnx", "model-info.json",
+                               "ort/ort.wasm.bundle.min.mjs", "ort/ort-wasm-simd-threaded.wasm"}
+    assert r["bytes_total"] == sum(r["files"].values()) and "MB" in stdout
+    for p in pixels:
+        shutil.copyfile(p, site / f"{p.parent.name}-{p.name}")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    url = static_host(site)
+    out = run_page(url, {"urls": [f"{p.parent.name}-{p.name}" for p in pixels], "files": [str(junk), str(pixels[0])]})
+    assert all(u.startswith(url) or u.startswith("data:") for u in out["requests"]), out["requests"]  # offline
+    assert "ready" in out["status"]
+    for p, got in zip(pixels, out["results"]):
+        agree(got["top"], python_predictions[str(p)], 1e-3)
+        assert got["ms"] > 0
+    shown = "\n".join(out["shown"])
+    assert "cannot decode junk.jpg" in shown and f"{pixels[0].name} (" in shown  # the good file still classified
+
+
+@needs_browser
+def test_web_page_runs_the_int8_model(cli, ckpt, pixels, tmp_path, static_host):
+    import onnxruntime as ort
+
+    site = tmp_path / "site8"
+    code, _, err = cli("export", ckpt, "--format", "web", "--precision", "int8", "--out", site, "--ort-web", ORT_WEB,
+                       "--json", tmp_path / "w.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "w.json").read_text())
+    assert r["precision"] == "int8" and r["bytes_model"] < 0.4 * 2.9e6 and "top1_int8" in r
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(site / "model.onnx").graph.node}
+    for p in pixels:
+        shutil.copyfile(p, site / f"{p.parent.name}-{p.name}")
+    out = run_page(static_host(site), {"urls": [f"{p.parent.name}-{p.name}" for p in pixels]})
+    session = ort.InferenceSession(str(site / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = softmax(session.run(None, {"images": rgb(pixels)})[0])
+    for got, row in zip(out["results"], expected):
+        assert got["top"][0]["index"] == row.argmax() and abs(got["top"][0]["probability"] - row.max()) <= 1e-2
+
+
+# ----------------------------------------------------------------------------- the service
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(ckpt, *flags, cache):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "squeezenet", "serve", str(ckpt), "--port", str(port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "SQUEEZENET_CACHE": str(cache)})
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited: {proc.stdout.read()}")
+        try:
+            if request(port, "GET", "/health")[0] == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not come up")
+
+
+def request(port, method, path, body=None, headers=None, timeout=60):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        kind = r.getheader("content-type", "")
+        return r.status, json.loads(data) if kind.startswith("application/json") else data.decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def multipart(files):
+    boundary = "squeezenet-test-boundary"
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{name}\"\r\n"
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), headers
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, tmp_path_factory):
+    flags = ["--runtime", "onnxruntime", "--precision", "fp32", "--max-bytes", "200000", "--max-wait-ms", "30"]
+    flags += ["--ort-web", str(ORT_WEB)] if ORT_WEB.is_dir() else ["--no-page"]
+    proc, port = start_server(ckpt, *flags, cache=tmp_path_factory.mktemp("servecache"))
+    yield port
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_serve_predicts_one_or_many_images_as_predict_does(server, pixels, python_predictions):
+    status, r = request(server, "POST", "/predict?top_k=2", pixels[0].read_bytes(), {"Content-Type": "image/png"})
+    assert status == 200 and r["runtime"] == "onnxruntime fp32"
+    agree(r["predictions"][0]["top"], python_predictions[str(pixels[0])], 1e-4)
+    body, headers = multipart([(p.name, p.read_bytes()) for p in pixels])
+    status, r = request(server, "POST", "/predict?top_k=2", body, headers)
+    assert status == 200 and [p["image"] for p in r["predictions"]] == [p.name for p in pixels]
+    for p, got in zip(pixels, r["predictions"]):
+        agree(got["top"], python_predictions[str(p)], 1e-4)
+
+
+def test_serve_health_model_and_page(server):
+    assert request(server, "GET", "/health") == (200, {"status": "ok"})
+    status, info = request(server, "GET", "/model")
+    assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
+    assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 200000
+    if info["page"]:
+        status, page = request(server, "GET", "/")
+        assert status == 200 and "<h1>SqueezeNet</h1>" in page
+        assert request(server, "GET", "/model-info.json")[0] == 200
+
+
+def test_serve_batches_concurrent_requests_and_a_bad_upload_harms_none(server, pixels, python_predictions):
+    calls_before = request(server, "GET", "/model")[1]["inference_calls"]
+    results = {}
+
+    def send(i, data):
+        results[i] = request(server, "POST", "/predict?top_k=2", data, {"Content-Type": "image/png"})
+    jobs = [(i, pixels[i % len(pixels)].read_bytes()) for i in range(12)] + [(99, b"\x89PNG\r\n\x1a\n broken")]
+    threads = [threading.Thread(target=send, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    status, err = results.pop(99)
+    assert status == 400 and "cannot decode image" in err["error"]
+    for i, (status, r) in results.items():
+        assert status == 200
+        agree(r["predictions"][0]["top"], python_predictions[str(pixels[i % len(pixels)])], 1e-4)
+    calls = request(server, "GET", "/model")[1]["inference_calls"] - calls_before
+    assert 1 <= calls < 12  # batched: fewer inference calls than requests
+
+
+@pytest.mark.parametrize("body, headers, path, status, message", [
+    (b"x" * 300_000, {"Content-Type": "image/png"}, "/predict", 413, "over the limit"),
+    (b"hello", {"Content-Type": "text/plain"}, "/predict", 415, "unsupported Content-Type"),
+    (b"", {"Content-Type": "image/png"}, "/predict", 400, "no image in the request"),
+    (b"GIF89a", {"Content-Type": "image/gif"}, "/predict", 400, "cannot decode image"),
+    (b"x", {"Content-Type": "image/png"}, "/predict?top_k=0", 400, "top_k"),
+])
+def test_serve_bad_uploads_get_a_json_4xx(server, body, headers, path, status, message):
+    got, r = request(server, "POST", path, body, headers)
+    assert got == status and message in r["error"] and r["status"] == status
+
+
+def test_serve_port_in_use(cli, ckpt):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        code, _, err = cli("serve", ckpt, "--port", s.getsockname()[1], "--no-page")
+    assert code == 1 and "is in use" in err and "--port" in err and "Traceback" not in err
+
+
+def test_serve_drains_requests_in_flight_on_sigterm(ckpt, pixels, tmp_path):
+    """Uploads half-sent when SIGTERM comes still finish with 200; then the process exits 0."""
+    proc, port = start_server(ckpt, "--runtime", "torch", "--no-page", cache=tmp_path)
+    body = pixels[0].read_bytes()
+    conns = []
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+        conns.append(s)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # shutting down, waiting for these three
+    assert proc.poll() is None
+    replies = []
+    for s in conns:
+        s.sendall(body[len(body) // 2:])
+        reply = b""
+        while chunk := s.recv(65536):  # the server closes each connection after its reply
+            reply += chunk
+        replies.append(reply.decode(errors="replace"))
+        s.close()
+    assert all(r.startswith("HTTP/1.1 200") and '"predictions"' in r for r in replies), replies
+    assert proc.wait(30) == 0
+
+
+# ----------------------------------------------------------------------------- ExecuTorch
+
+@pytest.fixture
+def executorch():
+    return pytest.importorskip("executorch")
+
+
+def test_executorch_pte_runs_in_executorch_and_agrees_with_predict(cli, executorch, ckpt, pixels,
+                                                                   python_predictions, tmp_path):
+    from squeezenet.mobile import pte_runner
+
+    out = tmp_path / "m.pte"
+    code, stdout, err = cli("export", ckpt, "--format", "executorch", "--out", out, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["input"] == "uint8" and r["max_abs_diff"] <= 1e-4 and "ExecuTorch" in stdout
+    assert not any("conv" in op or "max_pool" in op for op in r["outside_delegate"])  # XNNPACK runs the net
+    probs = softmax(pte_runner(out.read_bytes())(torch.from_numpy(rgb(pixels))))
+    for p, row in zip(pixels, probs):
+        expected = python_predictions[str(p)][0]
+        assert row.argmax() == expected["index"] and abs(row[expected["index"]] - expected["probability"]) <= 1e-3
+
+
+def test_executorch_lowers_ceil_mode_pools(executorch):
+    """At 225 px the 3x3/2 pools differ between ceil and floor mode (112 -> 56, not 55)."""
+    from squeezenet.export import fold_batchnorm
+    from squeezenet.mobile import lower, pte_runner
+
+    model = create_model("squeezenet1_1", num_classes=5).eval()
+    x = torch.randn(1, 3, 225, 225)
+    data, outside = lower(fold_batchnorm(model), x)
+    assert outside == []  # every op, the ceil-mode pools included, runs in the XNNPACK delegate
+    with torch.no_grad():
+        assert np.abs(pte_runner(data)(x) - model(x).numpy()).max() <= 1e-4
+
+
+def test_executorch_int8(cli, executorch, ckpt, tmp_path):
+    out = tmp_path / "m.int8.pte"
+    code, _, err = cli("export", ckpt, "--format", "executorch", "--precision", "int8", "--out", out,
+                       "--json", tmp_path / "r.json")
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["bytes"] == out.stat().st_size and r["eval_count"] == 16 and abs(r["top1_drop"]) <= 25
+    assert r["agreement_top1"] >= 0.75
+    assert cli("export", ckpt, "--format", "executorch", "--precision", "bf16", "--out", out)[0] == 2
