@@ -1,66 +1,48 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (the `device` tool): the recipe search + ablation sweep
-# (benchmarks/sweep.py, rows side by side), then the chosen CIFAR-10 row alone for time-to-90%.
-# Expects the data in .gpudata/ (copied there by hand, ignored by git):
-#   .gpudata/cifar10-jpeg-train.tar.gz   (../shared/data)
-#   .gpudata/fashion-mnist/*.gz          (/usr/share/datasets/fashion-mnist)
-# Usage: OUT=dir SWEEP_DEADLINE=300 bash benchmarks/gpu_run.sh --alone [extra sweep.py flags]
-# (FMNIST_ONLY=1: skip the CIFAR-10 data, for Fashion-MNIST rows only; RECORD=NAME: the runs' group,
-# default gpu-sweep). Each row that finished an epoch is a row of $OUT/runs.jsonl (benchmarks/record.py);
-# once fetched, append them to the results: cat OUT/runs.jsonl >> benchmarks/results/runs.jsonl
+# One prepared run on a lent GPU: CIFAR-10's time to 90% and Imagewoof's time to 72% (the CPU
+# targets' accuracy), each recipe with a validation split scored every epoch, and the GPU's
+# utilisation sampled throughout. Data (ignored by git, copied there by hand):
+#   .gpudata/cifar10-jpeg-train.tar.gz   .gpudata/imagewoof2-160.tar
+# Usage: OUT=dir bash benchmarks/gpu_run.sh        (writes OUT/gpu_run.json and the runs' logs)
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-OUT=${OUT:-benchmarks/out}
-DEVICE=${DEVICE:-cuda}
-WORK=${WORK:-/tmp/sqz}
+OUT=${OUT:-benchmarks/out} WORK=${WORK:-/tmp/sqz}
 mkdir -p "$OUT" "$WORK"
-T0=$(date +%s)
-log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 3
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-      torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+[ -d "$WORK/cifar10/train" ] || { mkdir -p "$WORK/cifar10" && tar xzf .gpudata/cifar10-jpeg-train.tar.gz -C "$WORK/cifar10"; }
+[ -d "$WORK/holdout" ] || python3 benchmarks/make_cifar_holdout.py "$WORK/cifar10/train" "$WORK/holdout"
+[ -d "$WORK/imagewoof2-160" ] || tar xf .gpudata/imagewoof2-160.tar -C "$WORK"
 
-log "data"
-if [ -n "${FMNIST_ONLY:-}" ]; then :; else
-if [ ! -d "$WORK/cifar10/train" ]; then
-  mkdir -p "$WORK/cifar10" && tar xzf .gpudata/cifar10-jpeg-train.tar.gz -C "$WORK/cifar10" || exit 3
-fi
-python3 benchmarks/make_cifar_holdout.py "$WORK/cifar10/train" "$WORK/holdout" || exit 3
-fi
-# Decode once into the disk cache, so the rows started together find it ready.
-python3 -c "
-from squeezenet.data import load_dataset
-import os
-for split in ('train', 'test') if not os.environ.get('FMNIST_ONLY') else ():
-    d = load_dataset('cifar10', split, '$WORK/holdout')
-    print(split, len(d), d.images.shape)
-d = load_dataset('fashion-mnist', 'train', '.gpudata/fashion-mnist'); print('fmnist', d.images.shape)
-" || exit 3
-
-# Several small trainings share the GPU far better through MPS (kernels of different processes run
-# concurrently); if the daemon cannot start or CUDA fails under it, go on without it.
-if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if timeout 20 nvidia-cuda-mps-control -d && \
-     timeout 60 python3 -c "import torch; x = torch.ones(4, device='cuda'); print('MPS ok', float(x.sum()))"; then
-    log "MPS on"
-  else
-    log "MPS unusable: going on without it"
-    echo quit | timeout 10 nvidia-cuda-mps-control 2>/dev/null
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  fi
-fi
-
-log "sweep"
-python3 benchmarks/sweep.py --cifar-dir "$WORK/holdout" --fmnist-dir .gpudata/fashion-mnist --device "$DEVICE" \
-  --workers "${WORKERS:-6}" --threads "${THREADS:-2}" --deadline "${SWEEP_DEADLINE:-300}" \
-  --alone-deadline "${ALONE_DEADLINE:-200}" --runs "$WORK/runs" --out "$OUT/sweep.json" \
-  --record "${RECORD:-gpu-sweep}" --runs-jsonl "$OUT/runs.jsonl" "$@"
-log "sweep done rc $?"
-echo quit | timeout 10 nvidia-cuda-mps-control 2>/dev/null
-# Curves and the chosen run's artifacts (no checkpoints but the alone run's best) for the record.
-tar czf "$OUT/runs.tar.gz" -C "$WORK" --exclude='*.state.pt' --exclude='last.safetensors' \
-  --exclude='*.safetensors' runs 2>/dev/null
-log "end"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$OUT/gpu_util.csv" &
+SMI=$!
+run() {  # id, then train flags: the epochs it trained and the wall time of each, from its metrics
+  local id=$1; shift
+  local t0; t0=$(date +%s.%N)
+  python3 -m squeezenet train --device cuda --no-progress --out "$WORK/$id" "$@" > "$OUT/$id.log" 2>&1
+  echo "{\"id\": \"$id\", \"rc\": $?, \"start\": $t0, \"end\": $(date +%s.%N)}" >> "$OUT/runs.txt"
+  cp "$WORK/$id/metrics.jsonl" "$OUT/$id.metrics.jsonl" 2>/dev/null
+}
+run cifar10 --recipe cifar10 --data-dir "$WORK/holdout" --val-fraction 0.1111 --epochs 40
+run imagewoof --recipe folder --data-dir "$WORK/imagewoof2-160/train" --val-fraction 0.1 --epochs 40
+kill $SMI
+python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+util = [float(line.split(",")[1].strip().split()[0]) for line in (out / "gpu_util.csv").read_text().splitlines()
+        if line.count(",") >= 2]
+result = {"gpu_utilisation_mean_percent": sum(util) / max(len(util), 1), "runs": {}}
+for run, target in (("cifar10", 90.0), ("imagewoof", 72.0)):
+    rows = [json.loads(x) for x in (out / f"{run}.metrics.jsonl").read_text().splitlines()]
+    seconds, reached = 0.0, None
+    for r in rows:
+        seconds += r["seconds"]
+        if reached is None and r["val_acc"] is not None and r["val_acc"] >= target:
+            reached = {"epoch": r["epoch"], "training_seconds": round(seconds, 1), "val_acc": r["val_acc"]}
+    result["runs"][run] = {"target": target, "reached": reached, "best_val": max(r["val_acc"] for r in rows),
+                           "images_per_s": [r["images_per_s"] for r in rows]}
+(out / "gpu_run.json").write_text(json.dumps(result, indent=2))
+print(json.dumps(result, indent=2)[:2000])
+PY

@@ -9,7 +9,7 @@ run as separate processes, ``--workers`` at a time, so a GPU that one small mode
 trains several; the per-epoch seconds of rows that ran side by side are therefore not speeds (the
 `--alone` run, and the CPU runs, are).
 
-    # on a lent GPU (benchmarks/gpu_run.sh prepares the data and calls this):
+    # on a lent GPU:
     python benchmarks/sweep.py --cifar-dir D --fmnist-dir F --device cuda --workers 6 \\
         --deadline 300 --alone --record gpu-sweep --runs-jsonl OUT/runs.jsonl
     # a quick check of the machinery on a CPU:

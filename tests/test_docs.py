@@ -1,0 +1,22 @@
+"""The README stays a true reference: its `train` synopsis is the option table's, it stays short,
+and it points only inside the repository."""
+
+import re
+from pathlib import Path
+
+from squeezenet.config import usage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_train_synopsis_is_generated_from_the_option_table():
+    assert usage() in (ROOT / "README.md").read_text(), "regenerate it: python -c 'from squeezenet.config " \
+                                                         "import usage; print(usage())'"
+
+
+def test_readme_is_a_reference_not_a_log():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 12_500
+    assert "../shared" not in text and not re.search(r"\bstops? \d+\b", text)
+    for link in re.findall(r"\]\(((?!https?:)[^)#]+)", text):  # every relative link resolves
+        assert (ROOT / link).exists(), link
