@@ -451,6 +451,36 @@ def readme(runs: list[dict]) -> str:
                      "training time", "machine", "command", "runs"], rows)
 
 
+def readme_short(runs: list[dict]) -> str:
+    """The README's summary: each recipe's final fits (and CIFAR-10's 30-minute one), scored with
+    the recipe's own test-time views on the test images, mean over seeds."""
+    rows = []
+    for recipe in ("shapes", "fashion-mnist", "cifar10", "folder"):
+        want = RECIPES[recipe]
+        budgets = {want.get("time_budget"), *EXTRA_BUDGETS.get(recipe, ())}
+        mine = [r for r in runs if matches_recipe(r, recipe) and (r["config"] is None or (
+            r["config"].get("time_budget") in budgets and not r["config"].get("val_fraction")))]
+        for budget in sorted({(r["config"] or {}).get("time_budget") or 0 for r in mine}, reverse=True):
+            group = sorted((r for r in mine if ((r["config"] or {}).get("time_budget") or 0) == budget),
+                           key=lambda r: ((r["config"] or {}).get("seed", 0), r["id"]))
+            split = next((sp for sp in ("holdout", "test") if any(e["split"] == sp for r in group
+                                                                  for e in r["evals"])), None)
+            xs = [x for x in (score(r, split, _views(want)) for r in group) if x is not None] if split else []
+            if not xs:
+                continue
+            acc = f"**{sum(xs) / len(xs):.2f}%**" + (f" (mean of {len(xs)}: " + ", ".join(f"{x:.2f}" for x in xs)
+                                                      + ")" if len(xs) > 1 else "")
+            cfg = group[0]["config"] or {}
+            name = DATASET.get(recipe) or ("Imagewoof" if "imagewoof" in str(cfg.get("data_dir")) else "photos")
+            what = f"{name}, {split if split != 'holdout' else '5,000-image holdout'}"
+            time = f"{budget / 60:g} min" if budget else f"{group[0]['train_seconds']:,.0f} s"
+            rows.append([what, f"`{recipe}`", f"{cfg.get('image_size') or want.get('image_size')} px",
+                         f"{group[0]['params']:,}" if group[0]["params"] else "", acc, time,
+                         group[0]["machine"], f"`{group[0]['command']}`"])
+    return md_table(["data set, scored on", "recipe", "input", "params", "top-1", "training",
+                     "machine", "command"], rows)
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -465,6 +495,7 @@ TABLES = {
     "ablation-cpu-fashion-mnist": ablation_cpu_fashion_mnist,
     "screen-cifar10-8ep": screen_cifar10,
     "readme": readme,
+    "readme-short": readme_short,
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -485,27 +516,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", choices=TABLES, help="print only this table")
     p.add_argument("--runs", type=Path, default=RUNS)
     p.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    p.add_argument("--readme", type=Path, default=HERE.parent / "README.md")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="exit 1 if the tables in RESULTS.md are stale")
-    mode.add_argument("--write", action="store_true", help="rewrite the tables in RESULTS.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the tables in RESULTS.md or the README are stale")
+    mode.add_argument("--write", action="store_true", help="rewrite the tables in RESULTS.md and the README")
     args = p.parse_args(argv)
     runs = load_runs(args.runs)
     if args.check or args.write:
-        old = args.results_md.read_text()
-        new = render(old, runs)
-        if args.write:
-            if new != old:
-                args.results_md.write_text(new)
-            state = "rewritten" if new != old else "up to date"
-            print(f"{args.results_md}: {len(SECTION.findall(new))} tables {state}")
-            return 0
-        if new != old:
-            stale = [m.group("name") for m, n in zip(SECTION.finditer(old), SECTION.finditer(new))
-                     if m.group(0) != n.group(0)]
-            print(f"{args.results_md}: stale tables {', '.join(stale)}: run python benchmarks/tables.py --write",
-                  file=sys.stderr)
-            return 1
-        return 0
+        status = 0
+        for doc in (args.results_md, args.readme):
+            old = doc.read_text()
+            new = render(old, runs)
+            if args.write:
+                if new != old:
+                    doc.write_text(new)
+                print(f"{doc}: {len(SECTION.findall(new))} tables {'rewritten' if new != old else 'up to date'}")
+            elif new != old:
+                stale = [m.group("name") for m, n in zip(SECTION.finditer(old), SECTION.finditer(new))
+                         if m.group(0) != n.group(0)]
+                print(f"{doc}: stale tables {', '.join(stale)}: run python benchmarks/tables.py --write",
+                      file=sys.stderr)
+                status = 1
+        return status
     for name in [args.table] if args.table else TABLES:
         print(f"{name}:\n\n{TABLES[name](runs)}\n")
     return 0

@@ -30,6 +30,7 @@ import torch
 
 from squeezenet import runtime
 from squeezenet.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from squeezenet.device import cpu_name
 from squeezenet.export import as_rgb_nhwc, default_out, export, openvino_model, ort_session
 from squeezenet.quantize import quantize
 from squeezenet.splits import eval_data
@@ -228,7 +229,7 @@ def main() -> int:
             rows.update(browser_rows(ckpt, data, reference, args.browser_images, args.ort_web, tmp))
         defaults = {"checkpoint": default_vs_fastest(ckpt, args.seconds, tmp),
                     "squeezenet1_1 at 224 px": default_vs_fastest(v11_checkpoint(tmp), args.seconds, tmp)}
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": runtime.cpu_name(),
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_name(),
               "threads": torch.get_num_threads(), "python": platform.python_version(), "seconds": time.time() - t0,
               "rows": rows, "speed": speeds, "default_runtime": defaults}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

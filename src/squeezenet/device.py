@@ -56,13 +56,17 @@ def use_all_cores() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and core count, for result records."""
+def cpu_name() -> str:
+    """The CPU's model as the kernel names it (platform.processor() is empty on Linux)."""
     try:
-        name = next(x.partition(":")[2].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+        return next(x.partition(":")[2].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
                     if x.startswith("model name"))
     except (OSError, StopIteration):
         import platform
 
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
+        return platform.processor() or platform.machine()
+
+
+def cpu_model() -> str:
+    """The CPU's model name and core count, for result records."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import resolve_checkpoint
+from .device import cpu_name
 from .errors import SqueezeNetError, UsageError
 from .export import default_out, onnx_bytes, openvino_model, ort_session
 from .files import atomic_path, cache_dir, write_text_atomic
@@ -146,17 +146,6 @@ def build(runtime: str, precision: str, model, meta: RunMeta, checkpoint=None, i
 
 def label(runtime: str, precision: str) -> str:
     return f"{runtime} {precision}"
-
-
-def cpu_name() -> str:
-    """The CPU model as the kernel names it (platform.processor() is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_key(model_digest: str, cands) -> str:
