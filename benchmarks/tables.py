@@ -481,6 +481,24 @@ def readme_short(runs: list[dict]) -> str:
                      "machine", "command"], rows)
 
 
+def photos(runs: list[dict]) -> str:
+    """Imagewoof: the folder recipe's screening rows (16-20 epochs on 8,123 images, val = 902
+    images carved from train/) and its budgeted final fits (every train/ image, scored once on val/,
+    the test set)."""
+    rows = []
+    for r in (r for r in runs if r["group"] in ("imagewoof-screen", "imagewoof-final")):
+        final = r["group"] == "imagewoof-final"
+        e = None if final else epoch_score(r, "last")
+        test = score(r, "test", "flip") if final else None
+        cfg = r["config"] or {}
+        rows.append([f"`{r['id']}`", r.get("note") or "", f"{cfg.get('image_size')} px",
+                     f"{r['epochs_worth'] or r['epochs']}", f"{r['images_per_s']:,.0f}" if r["images_per_s"] else "",
+                     f"{e['top1']:.2f}" if e else "", f"**{test:.2f}**" if test is not None else "",
+                     f"{r['train_seconds']:,.0f} s", f"`{r['command']}`"])
+    return md_table(["run", "what", "input", "epochs", "img/s", "val top-1 (flip, last epoch)",
+                     "test top-1 (val/, flip)", "training", "command"], rows)
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -496,6 +514,7 @@ TABLES = {
     "screen-cifar10-8ep": screen_cifar10,
     "readme": readme,
     "readme-short": readme_short,
+    "photos": photos,
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

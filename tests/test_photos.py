@@ -104,6 +104,12 @@ def test_stored_larger_and_cropped_alike_by_eval_and_predict(tmp_path, cli):
     assert torch.equal(images[0], test.uint8(torch.tensor([0]))[0])  # the same pixels either way
     code, out, err = cli("eval", tmp_path / "run", "--json", tmp_path / "e.json")
     assert code == 0 and json.loads((tmp_path / "e.json").read_text())["count"] == 8, err
+    larger = eval_data(read_metadata(tmp_path / "run").at_size(36), split="test")  # eval --image-size 36
+    assert (larger.image_size, larger.stored_size) == (36, 41)
+    code, out, err = cli("eval", tmp_path / "run", "--image-size", "36")
+    assert code == 0 and "top-1" in out, err
+    code, _, err = cli("eval", tmp_path / "run", "--image-size", "8")
+    assert code == 2 and "below the model's minimum" in err
 
 
 def test_freeze_features_trains_the_classifier_alone(tmp_path, cli):

@@ -64,8 +64,14 @@ def cmd_eval(args) -> int:
     from .splits import eval_loader
 
     model, meta = load_checkpoint(args.checkpoint)
-    data, loader = eval_loader(meta, args.dataset, args.data_dir, args.split, args.batch_size,
-                               train_hashes(args.checkpoint) if args.split == "test" else None)
+    if args.image_size is not None and args.image_size != meta.preprocess.image_size:
+        if args.image_size < model.min_input_size:
+            raise UsageError(f"--image-size {args.image_size} is below the model's minimum {model.min_input_size}")
+        meta = meta.at_size(args.image_size)  # content hashes are of the trained size: not comparable
+        hashes = None
+    else:
+        hashes = train_hashes(args.checkpoint) if args.split == "test" else None
+    data, loader = eval_loader(meta, args.dataset, args.data_dir, args.split, args.batch_size, hashes)
     tta = meta.tta if args.tta is None else args.tta
     shift = meta.tta_shift if args.tta_shift is None else args.tta_shift
     if not 0 <= shift <= MAX_TTA_SHIFT:
@@ -266,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip test-time augmentation (default: as trained)")
     s.add_argument("--tta-shift", type=int, default=None, metavar="N",
                    help="with TTA, also average views shifted by N pixels (default: as trained)")
+    s.add_argument("--image-size", type=_positive, default=None, metavar="N",
+                   help="evaluate at N x N with the same crop fraction (default: as trained)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_eval)
 

@@ -65,6 +65,12 @@ class RunMeta:
     def replace(self, **changes) -> RunMeta:
         return dataclasses.replace(self, **changes)
 
+    def at_size(self, size: int) -> RunMeta:
+        """The same preprocessing at another input size (the same centre-crop fraction)."""
+        pre = self.preprocess
+        resize = None if pre.resize_size is None else round(pre.resize_size * size / pre.image_size)
+        return self.replace(preprocess=dataclasses.replace(pre, image_size=size, resize_size=resize))
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["preprocess"] = {**d["preprocess"], "mean": list(self.preprocess.mean), "std": list(self.preprocess.std)}
