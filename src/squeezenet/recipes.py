@@ -46,12 +46,14 @@ RECIPES: dict[str, dict] = {
     ),
     # Photos of one's own (the ImageNet layout, any size and aspect) from scratch, the default for
     # --dataset folder: 128 px crops of images stored at 146 px, 14.5 minutes of training on all of
-    # them. RESULTS.md#photos-recipe
+    # them. Chosen on Imagewoof's train/ (RESULTS.md#photos-recipe).
     "folder": dict(
         dataset="folder", arch="squeezenet1_1", image_size=128, crop_pct=0.875, batch_norm=True,
-        bypass="simple", final_relu=False, dropout=0.0, batch_size=128, optimizer="sgd", lr=0.1,
-        weight_decay=5e-4, schedule="onecycle", warmup_epochs=1, epochs=20, time_budget=870.0,
-        val_fraction=0.0, label_smoothing=0.1, augment="rrc", rrc_scale=0.25, tta=True,
+        bypass="simple", final_relu=False, dropout=0.0, batch_size=128, lr=0.1, weight_decay=5e-4,
+        schedule="onecycle", warmup_epochs=1, epochs=20, time_budget=870.0, val_fraction=0.0,
+        label_smoothing=0.1, augment="rrc", rrc_scale=0.25, tta=True,
+        optimizer="muon", muon_lr=0.1,  # Muon on the Fire filters: RESULTS.md#photos-muon
+        squeeze_ratio=0.25,  # twice v1.1's squeeze widths, at about the same speed: RESULTS.md#photos-squeeze-ratio
     ),
     # Fine-tuning torchvision's ImageNet weights (--weights torchvision): the faithful v1.1 they
     # fit, at their 224 px of 256, the classifier replaced.
