@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -64,9 +65,8 @@ def test_test_images_that_are_training_images_are_found_by_content(tmp_path, cli
     assert code == 1 and "16 of the 16 test images are images this model trained on" in err, err
     fresh = write_image_folder(tmp_path / "fresh", per_class=4, size=24, seed=9)
     os.link(root / "cat" / "0.png", fresh / "cat" / "dup.png")  # one duplicate among 9
-    with pytest.warns(UserWarning, match="1 of the 9 test images are also in the training images"):
-        code, out, err = cli("eval", tmp_path / "run", "--data-dir", fresh)
-    assert code == 0, err
+    code, out, err = cli("eval", tmp_path / "run", "--data-dir", fresh)
+    assert code == 0 and "warning: 1 of the 9 test images are also in the training images" in err, err
 
 
 # ----------------------------------------------------------------------------- resume
@@ -253,10 +253,10 @@ def test_out_under_a_regular_file(tmp_path, cli):
 def test_a_cache_that_cannot_be_written_only_warns(tmp_path, tiny_disk, cli, monkeypatch):
     monkeypatch.setenv("SQUEEZENET_CACHE", str(tiny_disk / "cache"))
     root = write_image_folder(tmp_path / "photos", per_class=30, size=300)  # 60 x 3 x 300 x 300 > 16 MB
-    with pytest.warns(UserWarning, match=r"cannot cache the decoded images .*\(the disk is full.*decoding into memory"):
-        code, out, err = cli("train", "--dataset", "folder", "--data-dir", root, "--image-size", "300",
-                             "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "run", "--no-progress")
+    code, out, err = cli("train", "--dataset", "folder", "--data-dir", root, "--image-size", "300",
+                         "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "run", "--no-progress")
     assert code == 0, err
+    assert re.search(r"warning: cannot cache the decoded images .*\(the disk is full.*decoding into memory", err), err
     assert not list((tiny_disk / "cache" / "decoded").glob("*"))  # nothing half-written left in the cache
 
 

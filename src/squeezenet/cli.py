@@ -383,13 +383,23 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     logger.addHandler(_Console())
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
+
+
+def _show_warning(message, *_args, **_kwargs) -> None:
+    sys.stderr.write(f"warning: {message}\n")
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
+    # The command owns its warnings: one line each on this call's stderr.
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args, parser)
+
+
+def _run(args, parser) -> int:
     where = f"squeezenet {args.command}"
     try:
         return args.func(args)
