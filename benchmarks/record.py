@@ -135,20 +135,24 @@ def safetensors_params(path: Path) -> int | None:
 
 
 def machine() -> str:
-    """CPU model, core count and torch version, e.g. 'AMD EPYC 9R14 (2 cores), torch 2.13.0+cpu'."""
-    model = None
+    """CPU model, core count, the matrix units that set its speed, and torch's version, e.g.
+    'Intel(R) Xeon(R) Processor (2 cores, AMX-BF16/INT8), torch 2.13.0+cpu'."""
+    model, flags = None, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and model is None:
                 model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    units = ("AMX-BF16/INT8" if {"amx_bf16", "amx_int8"} <= flags else
+             "AVX512-BF16" if "avx512_bf16" in flags else "AVX512-VNNI" if "avx512_vnni" in flags else "")
     try:
         torch = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch = "not installed"
-    return f"{model or 'unknown CPU'} ({os.cpu_count()} cores), torch {torch}"
+    return f"{model or 'unknown CPU'} ({os.cpu_count()} cores{', ' + units if units else ''}), torch {torch}"
 
 
 def git_commit() -> str | None:

@@ -41,7 +41,7 @@ ABSENT = {"optimizer": "sgd", "squeeze_ratio": 0.125, "pool_after": "conv1,fire3
 # validation split, budget); every other value of a recipe is what makes a run "of the recipe".
 PROTOCOL = {"epochs", "time_budget", "val_fraction"}
 # Budgets the README reports besides each recipe's own: CIFAR-10's 30-minute stretch goal.
-EXTRA_BUDGETS = {"cifar10": (1800.0,)}
+EXTRA_BUDGETS = {"cifar10": (1800.0,), "folder": (2670.0,)}
 DATASET = {"shapes": "shapes (synthetic)", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 SPLIT = {"holdout": "on the 5,000-image holdout", "test": "test", "val": "val"}
 COUNT = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
@@ -473,6 +473,8 @@ def readme_short(runs: list[dict]) -> str:
             cfg = group[0]["config"] or {}
             name = DATASET.get(recipe) or ("Imagewoof" if "imagewoof" in str(cfg.get("data_dir")) else "photos")
             what = f"{name}, {split if split != 'holdout' else '5,000-image holdout'}"
+            if name == "Imagewoof":  # its val/ folder is the test set: the recipe was chosen inside train/
+                what = "Imagewoof, val/ (3,929 photos)"
             time = f"{budget / 60:g} min" if budget else f"{group[0]['train_seconds']:,.0f} s"
             rows.append([what, f"`{recipe}`", f"{cfg.get('image_size') or want.get('image_size')} px",
                          f"{group[0]['params']:,}" if group[0]["params"] else "", acc, time,
@@ -499,6 +501,82 @@ def photos(runs: list[dict]) -> str:
                      "test top-1 (val/, flip)", "training", "command"], rows)
 
 
+SPEED = HERE / "results" / "speed"
+NOT_MEASURED = "(not measured on this commit: run the command in the note above)"
+
+
+def _speed_file(name: str) -> dict | None:
+    p = SPEED / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def deploy(_runs: list[dict]) -> str:
+    """Every target of one trained checkpoint, from one run of benchmarks/targets.py."""
+    t = _speed_file("targets.json")
+    if t is None:
+        return NOT_MEASURED
+    rows = []
+    for name, r in t["rows"].items():
+        s = t["speed"].get(name)
+        p50 = s["b1"]["p50_ms"] if s else r.get("p50_ms_b1")
+        file = r["file"] if r["file"].startswith("site/") else Path(r["file"]).name
+        size = f"{r['bytes'] / 1e6:.2f} MB"
+        if "bytes_runtime" in r:
+            size += f" ({r['bytes_model'] / 1e6:.2f} model + {r['bytes_runtime'] / 1e6:.2f} runtime)"
+        rows.append([name, f"`{file}`", size, f"{r['top1']:.2f}% ({r['agreement']:.2f}%, {r['eval_count']:,} images)",
+                     f"{p50:.2f}", f"{s['b32']['images_per_s']:,.0f}" if s else "-"])
+    head = ["target", "file", "size", "top-1 (agreement with PyTorch)", "p50 ms, batch 1", "img/s, batch 32"]
+    return md_table(head, rows) + f"\n\n{t['cpu']}, {t['threads']} threads: `{t['command']}`"
+
+
+def deploy_defaults(_runs: list[dict]) -> str:
+    """The default runtime of predict/serve (auto) against the fastest measured, batch 1 and 32."""
+    t = _speed_file("targets.json")
+    if t is None:
+        return NOT_MEASURED
+    rows = []
+    for model, d in t["default_runtime"].items():
+        for b in ("b1", "b32"):
+            r = d[b]
+            ips = r["images_per_s"]
+            rows.append([model, b[1:], f"{d['chosen']}", f"{ips['default (auto)']:,.0f}",
+                         f"{r['fastest']} {ips[r['fastest']]:,.0f}", f"**{r['ratio_vs_fastest']:.2f}x**",
+                         f"{r['ratio_vs_fastest_allowed']:.2f}x"])
+    head = ["model", "batch", "default chose", "default img/s", "fastest measured, img/s", "default / fastest",
+            "default / fastest it may choose"]
+    text = md_table(head, rows) + f"\n\n{t['cpu']}, {t['threads']} threads: `{t['command']}`"
+    bench = _speed_file("bench-v11-224.json")
+    if bench:  # bf16 is not a candidate of auto: the comparison the table above cannot make
+        ips = {(r["runtime"], r["batch_size"]): r["images_per_s"] for r in bench["records"]}
+        cells = [f"batch {b}: onnxruntime fp32 {ips[('onnxruntime', b)]:,.0f}, OpenVINO bf16 "
+                 f"{ips[('openvino-bf16', b)]:,.0f} img/s ({ips[('onnxruntime', b)] / ips[('openvino-bf16', b)]:.2f}x)"
+                 for b in (1, 32) if ("openvino-bf16", b) in ips and ("onnxruntime", b) in ips]
+        text += ("\n\nOpenVINO bf16 is not a candidate of `auto` (it changes the arithmetic, and random weights have "
+                 "no accuracy to measure it by); beside it, in `squeezenet bench squeezenet1_1 --runtimes "
+                 "eager,channels_last,onnxruntime,openvino,openvino-bf16` (`speed/bench-v11-224.json`): "
+                 + "; ".join(cells) + ".")
+    return text
+
+
+def deploy_serve(_runs: list[dict]) -> str:
+    """benchmarks/serve_load.py: the service under load against bench on the same runtime."""
+    rows = []
+    for name, label in (("serve-cifar10.json", "CIFAR-10 recipe, 32 px"), ("serve-v11-224.json", "v1.1, 224 px")):
+        r = _speed_file(name)
+        if r is None:
+            continue
+        s = r["serve"]
+        b = str(max(1, round(s["mean_batch"])))
+        rows.append([label, s["runtime"], f"{s['requests']:,} at concurrency {r['concurrency']}", str(s["failures"]),
+                     f"{s['p50_ms']:.1f} / {s['p95_ms']:.1f}", f"{s['mean_batch']:.1f}", f"{s['images_per_s']:,.0f}",
+                     f"{r['bench'][b]['images_per_s']:,.0f} (batch {b})", f"**{r['serve_vs_bench'][b]:.2f}x**"])
+    if not rows:
+        return NOT_MEASURED
+    head = ["model", "runtime", "requests", "failures", "p50 / p95 ms", "mean batch", "served img/s",
+            "bench img/s, same runtime", "serve / bench"]
+    return md_table(head, rows)
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -515,6 +593,9 @@ TABLES = {
     "readme": readme,
     "readme-short": readme_short,
     "photos": photos,
+    "deploy": deploy,
+    "deploy-defaults": deploy_defaults,
+    "deploy-serve": deploy_serve,
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
@@ -543,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(args.runs)
     if args.check or args.write:
         status = 0
-        for doc in (args.results_md, args.readme):
+        for doc in (args.results_md, args.readme, args.readme.parent / "docs" / "deploy.md"):
             old = doc.read_text()
             new = render(old, runs)
             if args.write:

@@ -7,6 +7,7 @@ from PIL import Image
 
 os.environ.setdefault("SQUEEZENET_CACHE", "/tmp/squeezenet-test-cache")
 torch.set_num_threads(2)
+import torch._dynamo  # noqa: E402,F401  # the optimizers import it on first use: once here, not in every forked CLI
 
 
 @pytest.fixture(autouse=True)

@@ -20,3 +20,13 @@ def test_readme_is_a_reference_not_a_log():
     assert "../shared" not in text and not re.search(r"\bstops? \d+\b", text)
     for link in re.findall(r"\]\(((?!https?:)[^)#]+)", text):  # every relative link resolves
         assert (ROOT / link).exists(), link
+
+
+def test_no_development_history_in_the_repository():
+    """Comments and docs say what and why; histories live in RESULTS.md as dated runs, not as work sessions."""
+    tracked = [p for d in ("src", "tests", "benchmarks", "docs", "web", ".ci") for p in (ROOT / d).rglob("*")
+               if p.is_file() and p.suffix in (".py", ".md", ".sh", ".js", ".mjs", ".html", ".toml", "")
+               and not {"node_modules", "results", "__pycache__"} & set(p.parts) and ".egg-info" not in str(p)]
+    offenders = [str(p.relative_to(ROOT)) for p in [*tracked, ROOT / "README.md", ROOT / "Makefile"]
+                 if re.search(r"\bstops? \d+\b", p.read_text(errors="replace"))]
+    assert not offenders, offenders

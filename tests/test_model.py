@@ -291,3 +291,29 @@ def test_bf16_check_falls_back_when_torchs_private_check_is_gone(monkeypatch):
     flags = device._cpu_flags()
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert device.native_bf16(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    """Metadata as the trainer wrote it before RunMeta was versioned: no version, no stratified flag."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from squeezenet.checkpoint import FORMAT, load_checkpoint
+    from squeezenet.zoo import create_model
+
+    model = create_model("squeezenet1_1", num_classes=3, small_input=True)
+    old = {"arch": "squeezenet1_1", "model_kwargs": {"num_classes": 3, "small_input": True},
+           "class_names": ["a", "b", "c"],
+           "preprocess": {"image_size": 32, "in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
+                          "resize": "shorter side to image_size, centre crop"},
+           "dataset": "folder", "data_dir": "photos", "seed": 7, "val_fraction": 0.1, "train_size": None,
+           "tta": True, "tta_shift": 0, "augment": "flip", "crop_pad": 4}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "best.safetensors"),
+              metadata={"format": FORMAT, **{k: json.dumps(v) for k, v in old.items()}})
+    loaded, meta = load_checkpoint(tmp_path / "best.safetensors")
+    assert meta.version == 1 and meta.split_seed == 7 and meta.stratified is False  # the split it was trained with
+    assert meta.class_names == ["a", "b", "c"] and meta.preprocess.image_size == 32 and meta.augment == "flip"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))

@@ -65,8 +65,3 @@ def cpu_name() -> str:
         import platform
 
         return platform.processor() or platform.machine()
-
-
-def cpu_model() -> str:
-    """The CPU's model name and core count, for result records."""
-    return f"{cpu_name()}, {os.cpu_count()} cores"

@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 from .files import atomic_path
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, tight: bool = True) -> None:
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight" if tight else None)
     finally:
         plt.close(fig)
 
@@ -25,6 +25,7 @@ def plot_curves(history: list[dict], out: Path) -> None:
     for name, keys, ylabel in (("loss", ("train_loss", "val_loss"), "cross-entropy loss"),
                                ("accuracy", ("train_acc", "val_acc"), "top-1 accuracy (%)")):
         fig, ax = plt.subplots(figsize=(6, 4))
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)  # fixed margins: a "tight" save renders twice
         has_val = any(h[keys[1]] is not None for h in history)
         for key in keys:
             if key == keys[1] and not has_val:  # --val-fraction 0: no validation curve
@@ -35,7 +36,7 @@ def plot_curves(history: list[dict], out: Path) -> None:
         ax.set_title(f"{'Loss' if name == 'loss' else 'Accuracy'}: train" + (" vs validation" if has_val else ""))
         ax.grid(alpha=0.3)
         ax.legend()
-        _save(fig, out / f"{name}.png")
+        _save(fig, out / f"{name}.png", tight=False)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
