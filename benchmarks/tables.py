@@ -510,11 +510,19 @@ def _speed_file(name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def deploy(_runs: list[dict]) -> str:
+def _from_targets(table):
+    """A table made from speed/targets.json, closed by the machine and the command that measured it."""
+    def make(_runs: list[dict]) -> str:
+        t = _speed_file("targets.json")
+        if t is None:
+            return NOT_MEASURED
+        return table(t).replace("{machine}", f"{t['cpu']}, {t['threads']} threads: `{t['command']}`")
+    return make
+
+
+@_from_targets
+def deploy(t: dict) -> str:
     """Every target of one trained checkpoint, from one run of benchmarks/targets.py."""
-    t = _speed_file("targets.json")
-    if t is None:
-        return NOT_MEASURED
     rows = []
     for name, r in t["rows"].items():
         s = t["speed"].get(name)
@@ -526,14 +534,12 @@ def deploy(_runs: list[dict]) -> str:
         rows.append([name, f"`{file}`", size, f"{r['top1']:.2f}% ({r['agreement']:.2f}%, {r['eval_count']:,} images)",
                      f"{p50:.2f}", f"{s['b32']['images_per_s']:,.0f}" if s else "-"])
     head = ["target", "file", "size", "top-1 (agreement with PyTorch)", "p50 ms, batch 1", "img/s, batch 32"]
-    return md_table(head, rows) + f"\n\n{t['cpu']}, {t['threads']} threads: `{t['command']}`"
+    return md_table(head, rows) + "\n\n{machine}"
 
 
-def deploy_defaults(_runs: list[dict]) -> str:
+@_from_targets
+def deploy_defaults(t: dict) -> str:
     """The default runtime of predict/serve (auto) against the fastest measured, batch 1 and 32."""
-    t = _speed_file("targets.json")
-    if t is None:
-        return NOT_MEASURED
     rows = []
     for model, d in t["default_runtime"].items():
         for b in ("b1", "b32"):
@@ -544,7 +550,7 @@ def deploy_defaults(_runs: list[dict]) -> str:
                          f"{r['ratio_vs_fastest_allowed']:.2f}x"])
     head = ["model", "batch", "default chose", "default img/s", "fastest measured, img/s", "default / fastest",
             "default / fastest it may choose"]
-    text = md_table(head, rows) + f"\n\n{t['cpu']}, {t['threads']} threads: `{t['command']}`"
+    text = md_table(head, rows) + "\n\n{machine}"
     bench = _speed_file("bench-v11-224.json")
     if bench:  # bf16 is not a candidate of auto: the comparison the table above cannot make
         ips = {(r["runtime"], r["batch_size"]): r["images_per_s"] for r in bench["records"]}

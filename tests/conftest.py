@@ -1,4 +1,8 @@
+import multiprocessing
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +33,31 @@ def cli(capsys):
         return code, out, err
 
     return run
+
+
+def _forked_main(argv, env, out_path, err_path):
+    os.environ.update(env)
+    os.environ["OMP_NUM_THREADS"] = "1"  # one thread: the same arithmetic in every run
+    torch.set_num_threads(1)
+    for fd, path in ((1, out_path), (2, err_path)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+    from squeezenet.cli import main
+
+    code = main([str(a) for a in argv])
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(code)
+
+
+def run_forked(*argv, env=None, timeout=120):
+    """The CLI in a real process, forked from this one (torch already imported: no start-up cost):
+    (exit code, -9 when SIGKILLed; stdout; stderr)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "out", Path(tmp) / "err"
+        child = multiprocessing.get_context("fork").Process(target=_forked_main, args=(argv, env or {}, out, err))
+        child.start()
+        child.join(timeout)
+        return child.exitcode, out.read_text(), err.read_text()
 
 
 def write_image_folder(root, classes=("cat", "dog"), per_class=6, size=40, seed=0):

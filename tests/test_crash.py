@@ -2,12 +2,11 @@
 metrics exactly; a diverging loss stops training promptly and keeps the last good checkpoint."""
 
 import json
-import multiprocessing
-import os
 import signal
 from pathlib import Path
 
 import torch
+from conftest import run_forked
 from safetensors.torch import load_file
 
 # The shapes recipe (BatchNorm, flip augmentation, dropout), tiny: 3 epochs of 3 steps.
@@ -15,24 +14,9 @@ ARGS = ["--train-size", "128", "--batch-size", "32", "--epochs", "3", "--lr", "0
 TIMING = ("seconds", "images_per_s")
 
 
-def _child(argv, kill_at):
-    os.environ.pop("SQUEEZENET_KILL_AT", None)
-    if kill_at:
-        os.environ["SQUEEZENET_KILL_AT"] = kill_at
-    os.environ["OMP_NUM_THREADS"] = "1"  # one thread: the same arithmetic in every run
-    torch.set_num_threads(1)
-    from squeezenet.cli import main
-
-    os._exit(main(["train", *map(str, argv)]))
-
-
 def train(*argv, kill_at=None) -> int:
-    """The CLI in a forked child (torch is already imported: no start-up cost); its exit code,
-    -9 when SIGKILLed."""
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(argv, kill_at))
-    child.start()
-    child.join(120)
-    return child.exitcode
+    """The CLI's exit code in a forked child, -9 when SIGKILLed."""
+    return run_forked("train", *argv, env={"SQUEEZENET_KILL_AT": kill_at} if kill_at else None)[0]
 
 
 def metrics(run: Path) -> list[dict]:

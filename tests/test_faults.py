@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_forked as run_cli
 from conftest import write_image_folder
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -24,34 +25,6 @@ from squeezenet.errors import SqueezeNetError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--train-size", "96", "--batch-size", "32", "--epochs", "1", "--no-progress"]
-
-
-def _forked_main(argv, env, out_path, err_path):
-    os.environ.update(env)
-    os.environ["OMP_NUM_THREADS"] = "1"  # one thread: the same arithmetic in every run
-    torch.set_num_threads(1)
-    for fd, path in ((1, out_path), (2, err_path)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-    from squeezenet.cli import main
-
-    code = main([str(a) for a in argv])
-    sys.stdout.flush(), sys.stderr.flush()
-    os._exit(code)
-
-
-def run_cli(*argv, env=None, timeout=120):
-    """The CLI in a real process, forked from this one (torch already imported: no start-up cost):
-    (exit code, stdout, stderr)."""
-    import multiprocessing
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = Path(tmp) / "out", Path(tmp) / "err"
-        child = multiprocessing.get_context("fork").Process(target=_forked_main, args=(argv, env or {}, out, err))
-        child.start()
-        child.join(timeout)
-        return child.exitcode, out.read_text(), err.read_text()
 
 
 # ----------------------------------------------------------------------------- training images as test images
