@@ -1,14 +1,18 @@
 """Load test of ``squeezenet serve`` over loopback, with bench's throughput for the same runtime.
 
     PYTHONPATH=src python benchmarks/serve_load.py CHECKPOINT [--requests 2000] [--concurrency 16]
-        [--max-seconds 120] [--runtime auto] [--precision auto] [--json FILE]
+        [--images-per-request 1] [--image PHOTO] [--max-seconds 120] [--runtime auto]
+        [--precision auto] [--json FILE]
 
 Starts the server on 127.0.0.1 (a free port), waits for /health, sends --requests POST /predict
-(one image each, --concurrency keep-alive connections, stopping at --max-seconds whatever is left),
-reads /model for the runtime and how many inference calls it made, stops the server with SIGTERM,
-then times that runtime in this process (``timing.measure``, as ``bench`` does) at the server's
-mean batch size and at --concurrency. The image is a real one from the checkpoint's evaluation data
-at the model's size (random pixels where that data is absent). Loopback only; bounded in count and time.
+(--images-per-request JPEGs each, as the body or a multipart form; --concurrency keep-alive
+connections; stopping at --max-seconds whatever is left), reads /model for the runtime and how many
+inference calls it made, stops the server with SIGTERM, then times that runtime in this process
+(``timing.measure``, as ``bench`` does) at the server's mean batch size and at the images in flight
+(at most 32). The image is --image, or one from the checkpoint's evaluation data at the model's
+size (random pixels where that data is absent), sent as a JPEG of quality 90. The server's and the
+load client's CPU seconds are reported: on a small machine they share the cores. Loopback only;
+bounded in count and time.
 """
 
 from __future__ import annotations
@@ -32,17 +36,39 @@ from PIL import Image
 
 from squeezenet.checkpoint import load_checkpoint
 from squeezenet.data import normalize
+from squeezenet.device import cpu_name
 from squeezenet.export import sample_images
 from squeezenet.runtime import make_engine
 from squeezenet.timing import measure
 
 
-def image_bytes(meta) -> bytes:
-    arr = sample_images(meta, 1)[0].permute(1, 2, 0).numpy()
-    im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+def image_bytes(meta, path=None) -> tuple[bytes, str]:
+    """A JPEG (quality 90) of ``path`` or of an evaluation image at the model's size, as a camera
+    or a browser sends one; and what it is."""
+    if path is not None:
+        im, what = Image.open(path), f"{Path(path).name} re-encoded"
+    else:
+        arr = sample_images(meta, 1)[0].permute(1, 2, 0).numpy()
+        im, what = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr), "an evaluation image"
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    im.convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue(), f"{what}, {im.width}x{im.height} JPEG, {buf.tell():,} bytes"
+
+
+def request_bytes(image: bytes, n: int) -> tuple[bytes, str]:
+    """The body and Content-Type of a request carrying ``n`` copies of ``image``."""
+    if n == 1:
+        return image, "image/jpeg"
+    boundary = "squeezenetloadtest"
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"; filename=\"{i}.jpg\"\r\n"
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n" for i in range(n)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -56,10 +82,12 @@ def get_json(port: int, path: str):
         return json.loads(r.read())
 
 
-async def client(port: int, body: bytes, todo: list, latencies: list, failures: list, deadline: float) -> None:
+async def client(port: int, body: tuple[bytes, str], todo: list, latencies: list, failures: list,
+                 deadline: float) -> None:
     """One keep-alive connection sending requests until ``todo`` is empty or time is up."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+    body, ctype = body
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         while todo and time.perf_counter() < deadline:
@@ -82,7 +110,7 @@ async def client(port: int, body: bytes, todo: list, latencies: list, failures: 
         writer.close()
 
 
-async def load(port: int, body: bytes, n: int, concurrency: int, max_seconds: float):
+async def load(port: int, body: tuple[bytes, str], n: int, concurrency: int, max_seconds: float):
     todo, latencies, failures = list(range(n)), [], []
     deadline = time.perf_counter() + max_seconds
     t0 = time.perf_counter()
@@ -95,19 +123,24 @@ def main() -> int:
     p.add_argument("checkpoint")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--images-per-request", type=int, default=1, help="above 1: a multipart form of that many")
+    p.add_argument("--image", help="the photo to send (default: an evaluation image at the model's size)")
     p.add_argument("--max-seconds", type=float, default=120.0)
     p.add_argument("--runtime", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--max-wait-ms", default="5")
+    p.add_argument("--streams", help="serve's --streams (default: its own)")
     p.add_argument("--bench-seconds", type=float, default=3.0)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
-    body = image_bytes(meta)
+    image, what = image_bytes(meta, args.image)
+    body, per = request_bytes(image, args.images_per_request), args.images_per_request
     port = free_port()
+    streams = ["--streams", args.streams] if args.streams else []
     server = subprocess.Popen([sys.executable, "-m", "squeezenet", "serve", args.checkpoint, "--port", str(port),
                                "--runtime", args.runtime, "--precision", args.precision, "--no-page",
-                               "--max-wait-ms", args.max_wait_ms], env=os.environ.copy())
+                               "--max-wait-ms", args.max_wait_ms, *streams], env=os.environ.copy())
     try:
         for _ in range(600):
             try:
@@ -118,9 +151,10 @@ def main() -> int:
                     raise SystemExit("the server exited before it was up") from None
                 time.sleep(0.2)
         asyncio.run(load(port, body, min(50, args.requests), args.concurrency, 30))  # warm-up
-        before = get_json(port, "/model")
+        before, server_cpu, client_cpu = get_json(port, "/model"), cpu_seconds(server.pid), time.process_time()
         latencies, failures, seconds = asyncio.run(load(port, body, args.requests, args.concurrency,
                                                         args.max_seconds))
+        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
         info = get_json(port, "/model")
     finally:
         server.send_signal(signal.SIGTERM)
@@ -128,23 +162,29 @@ def main() -> int:
     calls = info["inference_calls"] - before["inference_calls"]
     mean_batch = (info["images"] - before["images"]) / max(calls, 1)
     ms = np.array(latencies) * 1000
-    served = {"requests": len(latencies), "failures": len(failures), "failure_kinds": sorted(set(map(str, failures))),
-              "seconds": seconds, "images_per_s": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+    served = {"requests": len(latencies), "images_per_request": per, "image": what, "failures": len(failures),
+              "failure_kinds": sorted(set(map(str, failures))), "seconds": seconds,
+              "images_per_s": len(latencies) * per / seconds, "p50_ms": float(np.percentile(ms, 50)),
               "p95_ms": float(np.percentile(ms, 95)), "inference_calls": calls, "mean_batch": mean_batch,
+              "decode_seconds": info["decode_seconds"] - before["decode_seconds"],
+              "inference_seconds": info["inference_seconds"] - before["inference_seconds"],
+              "server_cpu_seconds": server_cpu, "client_cpu_seconds": client_cpu,
               "runtime": info["runtime"], "runtime_reason": info["runtime_reason"]}
     # bench: the same engine (the same cached choice), in this process, the server stopped
     engine = make_engine(model, meta, args.runtime, args.precision, args.checkpoint)
     pre = meta.preprocess
-    sizes = sorted({max(1, round(mean_batch)), args.concurrency})
+    sizes = sorted({max(1, round(mean_batch)), min(args.concurrency * per, 32)})
     x = normalize(sample_images(meta, 1), pre.mean, pre.std)
     benched = {b: measure({"engine": engine}, x.repeat(b, 1, 1, 1), args.bench_seconds)["engine"] for b in sizes}
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "checkpoint": args.checkpoint,
-              "concurrency": args.concurrency, "threads": torch.get_num_threads(), "serve": served,
-              "bench": {str(b): r for b, r in benched.items()},
+              "machine": cpu_name(), "concurrency": args.concurrency, "threads": torch.get_num_threads(),
+              "serve": served, "bench": {str(b): r for b, r in benched.items()},
               "serve_vs_bench": {str(b): served["images_per_s"] / r["images_per_s"] for b, r in benched.items()}}
-    print(f"serve ({served['runtime']}): {served['requests']} requests, {served['failures']} failures, "
-          f"{served['images_per_s']:.0f} img/s, p50 {served['p50_ms']:.1f} ms, p95 {served['p95_ms']:.1f} ms, "
-          f"mean batch {mean_batch:.1f}")
+    print(f"serve ({served['runtime']}; {what}, {per} per request): {served['requests']} requests, "
+          f"{served['failures']} failures, {served['images_per_s']:.0f} img/s, p50 {served['p50_ms']:.1f} ms, "
+          f"p95 {served['p95_ms']:.1f} ms, mean batch {mean_batch:.1f}; CPU seconds: server {server_cpu:.1f}, "
+          f"load client {client_cpu:.1f}, in {seconds:.1f} s; the streams spent {served['decode_seconds']:.1f} s "
+          f"decoding, {served['inference_seconds']:.1f} s in inference")
     for b, r in benched.items():
         print(f"bench, same runtime, batch {b}: {r['images_per_s']:.0f} img/s -> serve/bench "
               f"{served['images_per_s'] / r['images_per_s']:.2f}")

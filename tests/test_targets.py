@@ -149,6 +149,17 @@ def test_openvino_runtime_agrees_with_torch(cli, ckpt, pixels, python_prediction
     assert code == 0 and "runtime: openvino fp32" in err, err
     for r in json.loads((tmp_path / "ov.json").read_text())["predictions"]:
         agree(r["top"], python_predictions[r["image"]][:len(r["top"])], 1e-4)
+    assert cli("predict", ckpt, *pixels, "--runtime", "onnxruntime", "--precision", "bf16")[0] == 2
+    from squeezenet.export import openvino_bf16
+
+    code, _, err = cli("predict", ckpt, *pixels, "--runtime", "openvino", "--precision", "bf16",
+                       "--json", tmp_path / "bf16.json")
+    if not openvino_bf16():  # a CPU without bf16 units: said, not emulated
+        assert code == 1 and "no bf16 units" in err
+        return
+    assert code == 0 and "runtime: openvino bf16" in err, err
+    for r in json.loads((tmp_path / "bf16.json").read_text())["predictions"]:
+        agree(r["top"], python_predictions[r["image"]][:len(r["top"])], 2e-2)  # 8 bits of mantissa
 
 
 def test_precision_auto_takes_int8_only_when_measured_within_bound(cli, ckpt, tmp_path):
@@ -175,6 +186,14 @@ def test_precision_auto_takes_int8_only_when_measured_within_bound(cli, ckpt, tm
             assert found.allowed["onnxruntime"] is allowed and f"onnxruntime {drop:+.2f}" in found.note
             assert (("onnxruntime", "int8") in runtime.candidates("auto", "auto", found)) is allowed
             assert ("onnxruntime", "int8") in runtime.candidates("onnxruntime", "int8", found)  # asked for
+        bf16_here = runtime.installed("openvino") and runtime.openvino_bf16()
+        assert (record["top1_bf16_openvino"] is not None) is bf16_here  # quantize measured it where it runs
+        for drop, allowed in ((0.3, True), (0.9, False)):
+            record_path(out).write_text(json.dumps({**record, "top1_bf16_openvino": record["top1_fp32"] - drop}))
+            found = runtime.find_int8(ckpt)
+            assert found.bf16 is allowed and f"bf16 on openvino {drop:+.2f}" in found.note
+            assert (("openvino", "bf16") in runtime.candidates("auto", "auto", found)) is (allowed and bf16_here)
+            assert ("openvino", "bf16") not in runtime.candidates("auto", "fp32", found)
         record_path(out).write_text(json.dumps({**record, "checkpoint_sha256": "0" * 64}))
         assert runtime.find_int8(ckpt).path is None and "another checkpoint" in runtime.find_int8(ckpt).note
     finally:

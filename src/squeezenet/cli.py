@@ -161,19 +161,24 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.runtime, args.precision, args.max_batch, args.max_wait_ms,
-          args.max_bytes, args.ort_web, args.page)
+          args.max_bytes, args.ort_web, args.page, args.streams)
     return 0
 
 
 def cmd_quantize(args) -> int:
     from .quantize import quantize
 
-    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds, args.input)
+    r = quantize(args.checkpoint, args.calib_data, args.out, args.split, args.calib_images, args.seconds, args.input,
+                 args.data_dir)
     _write_json(args.json, r)
     print(f"wrote {r['out']}: int8 {r['bytes_int8'] / 1e6:.2f} MB vs fp32 {r['bytes_fp32'] / 1e6:.2f} MB "
           f"({r['calibration_images']} calibration images)")
     print(f"top-1 on {r['split']} ({r['eval_count']:,} images): fp32 {r['top1_fp32']:.2f}%  "
           f"int8 {r['top1_int8']:.2f}%  (drop {r['top1_drop']:+.2f} points)")
+    ov = [f"{name} {r[key]:.2f}% (drop {r['top1_fp32'] - r[key]:+.2f})" for name, key in (
+        ("int8", "top1_int8_openvino"), ("bf16", "top1_bf16_openvino")) if r.get(key) is not None]
+    if ov:
+        print("on openvino: " + "  ".join(ov))
     print(f"onnxruntime batch {r['batch']}: fp32 {r['images_per_s_fp32']:,.0f} img/s  "
           f"int8 {r['images_per_s_int8']:,.0f} img/s  ({r['speedup']:.2f}x)")
     return 0
@@ -291,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_runtime_flags(s) -> None:
     s.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                    help="auto: the fastest installed one, measured on this machine (cached)")
-    s.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="auto: int8 where `squeezenet quantize` measured at most 0.5 points of top-1 lost")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                   help="auto: int8 or bf16 (openvino) where `squeezenet quantize` measured at most 0.5 points "
+                        "of top-1 lost")
 
 
 def _add_deploy_parsers(sub) -> None:
@@ -323,16 +329,21 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--max-batch", type=_positive, default=32, help="images per inference call (32)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
     s.add_argument("--max-bytes", type=_positive, default=10 * 1024 * 1024, help="upload size limit (10 MiB)")
+    s.add_argument("--streams", type=_positive, help="batches run at once, the cores shared among them "
+                                                     "(default: one per core, at most 4; 1 for the lowest latency)")
     s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
     s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images")
+    s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images; "
+                                       "int8 and bf16 accuracy measured")
     s.add_argument("checkpoint")
     s.add_argument("--calib-data", help="folder of calibration images (default: the checkpoint's training data)")
     s.add_argument("--calib-images", type=_positive, default=256)
     s.add_argument("--out", help="default: beside the checkpoint (.int8.onnx)")
     s.add_argument("--split", choices=("val", "test"), default="test", help="where top-1 is measured")
+    s.add_argument("--data-dir", help="held-out images to measure top-1 on (DIR/<class>/...; default: the "
+                                      "checkpoint's own test set)")
     s.add_argument("--input", choices=("float", "uint8"), default="float",
                    help="the int8 model's input: float (normalised NCHW, as predict runs it) or uint8 RGB NHWC")
     s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per model for the speed figure")

@@ -3,8 +3,9 @@
 Weights int8 per output channel, activations uint8 (U8S8: the layout VNNI's u8 x s8 dot product
 takes), ranges calibrated on real training images. Accuracy is measured, not assumed: int8
 SqueezeNet is reported to lose 3 points on some CPUs, so top-1 before and after is part of the
-result, with file size and speed, and is written beside the int8 file (``X.int8.json``): that
-record is what lets ``predict --precision auto`` choose int8 (within ``INT8_MAX_DROP`` points).
+result, with file size and speed, and is written beside the int8 file (``X.int8.json``), with
+OpenVINO's bf16 top-1 where the CPU has bf16 units: that record is what lets ``predict --precision
+auto`` choose int8 or bf16 (within ``INT8_MAX_DROP`` points).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .errors import SqueezeNetError
-from .export import DEFAULT_OPSET, as_rgb_nhwc, check_input, default_out, onnx_bytes, openvino_model, ort_session
+from .export import (
+    DEFAULT_OPSET,
+    as_rgb_nhwc,
+    check_input,
+    default_out,
+    onnx_bytes,
+    openvino_bf16,
+    openvino_model,
+    ort_session,
+)
 from .files import atomic_path, write_text_atomic
 from .rundir import train_hashes
 from .runs import RunMeta
@@ -144,13 +154,14 @@ def ort_accuracy(session, data, raw: bool = False) -> float:
     return accuracy(lambda x: session.run(None, {"images": x})[0], data, raw)
 
 
-def openvino_accuracy(path: Path, data, raw: bool = False) -> float | None:
-    """Top-1 of the int8 file run by OpenVINO (its kernels round differently), None without it."""
+def openvino_accuracy(source, data, raw: bool = False, precision: str = "int8") -> float | None:
+    """Top-1 of an ONNX model run by OpenVINO (its int8 kernels round differently; bf16 on CPUs
+    with bf16 units), None without OpenVINO, or for bf16 without those units."""
     import importlib.util
 
-    if importlib.util.find_spec("openvino") is None:
+    if importlib.util.find_spec("openvino") is None or (precision == "bf16" and not openvino_bf16()):
         return None
-    return accuracy(openvino_model(path, "int8"), data, raw)
+    return accuracy(openvino_model(source, precision), data, raw)
 
 
 def file_digest(path) -> str:
@@ -163,7 +174,7 @@ def record_path(int8_path) -> Path:
 
 
 def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_calib: int = NUM_CALIB,
-             bench_seconds: float = 2.0, input_type: str = "float") -> dict:
+             bench_seconds: float = 2.0, input_type: str = "float", data_dir=None) -> dict:
     from .checkpoint import resolve_checkpoint
 
     check_input(input_type)
@@ -172,13 +183,15 @@ def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_cal
     calib = training_images(meta, calib_data, num_calib, raw=raw)  # first: no data, no work
     out = Path(out) if out else default_out(checkpoint, ".int8.onnx")
     fp32 = onnx_bytes(model, calib[:1], DEFAULT_OPSET, dynamic_batch=True, meta=meta, raw_input=raw)
-    data = eval_data(meta, split=split, train_hashes=train_hashes(checkpoint) if split == "test" else None)
+    data = eval_data(meta, data_dir=data_dir, split=split,
+                     train_hashes=train_hashes(checkpoint) if split == "test" else None)
     with atomic_path(out) as tmp:
         quantize_model(fp32, calib.numpy(), tmp)
         int8_session = ort_session(tmp)
         fp32_session = ort_session(fp32)
         before, after = ort_accuracy(fp32_session, data, raw), ort_accuracy(int8_session, data, raw)
         after_ov = openvino_accuracy(tmp, data, raw)
+        bf16 = openvino_accuracy(fp32, data, raw, "bf16")
         x = calib[:32].repeat((32 + len(calib) - 1) // len(calib), *[1] * (calib.dim() - 1))[:32].numpy()
         speed = measure({name: lambda b, s=s: s.run(None, {"images": b})
                          for name, s in (("fp32", fp32_session), ("int8", int8_session))}, x, bench_seconds)
@@ -191,7 +204,7 @@ def quantize(checkpoint, calib_data=None, out=None, split: str = "test", num_cal
               "batch": 32, "images_per_s_fp32": speed["fp32"]["images_per_s"],
               "images_per_s_int8": speed["int8"]["images_per_s"],
               "speedup": speed["int8"]["images_per_s"] / speed["fp32"]["images_per_s"],
-              "top1_int8_openvino": after_ov,
+              "top1_int8_openvino": after_ov, "top1_bf16_openvino": bf16,
               "checkpoint_sha256": file_digest(resolve_checkpoint(checkpoint)), "int8_sha256": digest}
     write_text_atomic(record_path(out), json.dumps(result, indent=2) + "\n")
     return result

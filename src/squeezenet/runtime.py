@@ -1,10 +1,11 @@
-"""Inference runtimes for ``predict`` and ``serve``: PyTorch, onnxruntime and OpenVINO, fp32 and
-int8, and ``auto``: the fastest on the machine it runs on, chosen by measurement.
+"""Inference runtimes for ``predict`` and ``serve``: PyTorch, onnxruntime and OpenVINO, fp32, bf16
+(OpenVINO, on CPUs with bf16 units) and int8, and ``auto``: the fastest on the machine it runs on,
+chosen by measurement.
 
 Which runtime and precision wins depends on the CPU (AVX-512 VNNI, AMX) and on the batch size, so
 ``auto`` times every installed candidate briefly at batch 1 and 32 on the checkpoint's own model
 and keeps the choice in the cache directory, per CPU and model file; a batch then runs on the
-candidate that won at the measured size nearest to it. int8 is a candidate only where
+candidate that won at the measured size nearest to it. int8 and bf16 are candidates only where
 ``squeezenet quantize`` measured that runtime's top-1 loss on the checkpoint's evaluation data
 within ``INT8_MAX_DROP`` points (the record it writes beside the int8 file).
 """
@@ -25,14 +26,14 @@ import torch
 from .checkpoint import resolve_checkpoint
 from .device import cpu_name
 from .errors import SqueezeNetError, UsageError
-from .export import default_out, onnx_bytes, openvino_model, ort_session
+from .export import default_out, onnx_bytes, openvino_bf16, openvino_model, ort_session
 from .files import atomic_path, cache_dir, write_text_atomic
 from .quantize import INT8_MAX_DROP, file_digest, record_path
 from .runs import RunMeta
 from .timing import measure
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "fp32", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # What each runtime needs installed, and the extra that installs it.
 NEEDS = {"onnxruntime": (("onnx", "onnxruntime"), "deploy"), "openvino": (("onnx", "openvino"), "openvino")}
 CALIB_BATCHES = (1, 32)
@@ -53,11 +54,13 @@ def require(runtime: str) -> None:
 
 @dataclass
 class Int8Model:
-    """The int8 file beside a checkpoint and what its record says (``allowed``: runtime -> bool)."""
+    """The int8 file beside a checkpoint and what its record says (``allowed``: runtime -> bool;
+    ``bf16``: OpenVINO's bf16 was measured within the bound too)."""
 
     path: Path | None
     allowed: dict[str, bool] = field(default_factory=dict)
     note: str = ""
+    bf16: bool = False
 
 
 def find_int8(checkpoint) -> Int8Model:
@@ -83,9 +86,12 @@ def find_int8(checkpoint) -> Int8Model:
     if not float_input:
         return Int8Model(None, note=f"{path.name} takes uint8 pixels ({hint} without --input uint8)")
     allowed = {rt: drop <= INT8_MAX_DROP for rt, drop in drops.items()}
-    note = "int8 top-1 drop on " + ", ".join(f"{rt} {d:+.2f}" for rt, d in drops.items()) + \
-        f" points ({record.get('split', 'test')}, {record.get('eval_count', '?')} images; bound {INT8_MAX_DROP})"
-    return Int8Model(path, allowed, note)
+    note = "int8 top-1 drop on " + ", ".join(f"{rt} {d:+.2f}" for rt, d in drops.items())
+    bf16 = record.get("top1_bf16_openvino")
+    if bf16 is not None:
+        note += f", bf16 on openvino {record['top1_fp32'] - bf16:+.2f}"
+    note += f" points ({record.get('split', 'test')}, {record.get('eval_count', '?')} images; bound {INT8_MAX_DROP})"
+    return Int8Model(path, allowed, note, bf16 is not None and record["top1_fp32"] - bf16 <= INT8_MAX_DROP)
 
 
 def candidates(runtime: str, precision: str, int8: Int8Model) -> list[tuple[str, str]]:
@@ -96,16 +102,26 @@ def candidates(runtime: str, precision: str, int8: Int8Model) -> list[tuple[str,
         raise UsageError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if runtime == "torch" and precision == "int8":
         raise UsageError("--runtime torch runs fp32 only: int8 runs on onnxruntime or openvino")
+    if precision == "bf16" and runtime not in ("auto", "openvino"):
+        raise UsageError("--precision bf16 runs on openvino only (--runtime openvino)")
     if runtime != "auto":
         require(runtime)
     if precision == "int8" and int8.path is None:
         raise SqueezeNetError(f"--precision int8: {int8.note}")
     runtimes = [runtime] if runtime != "auto" else [r for r in RUNTIMES[1:] if installed(r)]
+    bf16 = "openvino" in runtimes and openvino_bf16()
+    if precision == "bf16" and not bf16:
+        raise SqueezeNetError("--precision bf16: " + ("this CPU has no bf16 units (AMX or AVX512-BF16) for "
+                                                      "OpenVINO" if "openvino" in runtimes else
+                                                      "needs openvino: pip install 'squeezenet[openvino]'"))
     out = []
     for rt in runtimes:
         if precision in ("auto", "fp32"):
             out.append((rt, "fp32"))
-        if rt != "torch" and int8.path is not None and (precision == "int8" or int8.allowed.get(rt)):
+        if rt == "openvino" and bf16 and (precision == "bf16" or (precision == "auto" and int8.bf16)):
+            out.append((rt, "bf16"))
+        if rt != "torch" and int8.path is not None and (precision == "int8" or
+                                                        (precision == "auto" and int8.allowed.get(rt))):
             out.append((rt, "int8"))
     if not out:
         raise SqueezeNetError(f"no runtime runs int8 here: install onnxruntime or openvino ({int8.note})")
@@ -127,8 +143,10 @@ def fp32_onnx(model, meta: RunMeta, checkpoint=None):
     return path
 
 
-def build(runtime: str, precision: str, model, meta: RunMeta, checkpoint=None, int8: Int8Model | None = None):
-    """A function from a normalised NCHW float batch (torch) to logits (numpy)."""
+def build(runtime: str, precision: str, model, meta: RunMeta, checkpoint=None, int8: Int8Model | None = None,
+          threads: int | None = None, streams: int = 1):
+    """A function from a normalised NCHW float batch (torch) to logits (numpy), ``streams`` calls at
+    once; ``threads``: the runtime's threads per call (torch: the process's)."""
     if runtime == "torch":
         model = model.eval().to(memory_format=torch.channels_last)
 
@@ -138,9 +156,9 @@ def build(runtime: str, precision: str, model, meta: RunMeta, checkpoint=None, i
         return run
     source = int8.path if precision == "int8" else fp32_onnx(model, meta, checkpoint)
     if runtime == "onnxruntime":
-        session = ort_session(source)
+        session = ort_session(source, threads)
         return lambda x: session.run(None, {"images": x.contiguous().numpy()})[0]
-    infer = openvino_model(source, precision)
+    infer = openvino_model(source, precision, threads, streams)
     return lambda x: np.asarray(infer(x.contiguous().numpy()))
 
 
@@ -148,7 +166,7 @@ def label(runtime: str, precision: str) -> str:
     return f"{runtime} {precision}"
 
 
-def machine_key(model_digest: str, cands) -> str:
+def machine_key(model_digest: str, cands, threads: int | None = None) -> str:
     """What a measured choice depends on: the CPU, the threads, the runtimes' versions, the model."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -157,7 +175,8 @@ def machine_key(model_digest: str, cands) -> str:
             return version(name)
         except PackageNotFoundError:
             return None
-    parts = [CHOICE_VERSION, cpu_name(), os.cpu_count(), torch.get_num_threads(), model_digest, sorted(cands),
+    parts = [CHOICE_VERSION, cpu_name(), os.cpu_count(), threads or torch.get_num_threads(), model_digest,
+             sorted(cands),
              {p: v(p) for p in ("torch", "onnxruntime", "openvino")}]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
@@ -194,30 +213,31 @@ class Engine:
 
 
 def make_engine(model, meta: RunMeta, runtime: str = "auto", precision: str = "auto", checkpoint=None,
-                seconds: float = CALIB_SECONDS) -> Engine:
-    """The runtime and precision asked for, or the fastest measured among those allowed."""
+                seconds: float = CALIB_SECONDS, threads: int | None = None, streams: int = 1) -> Engine:
+    """The runtime and precision asked for, or the fastest measured among those allowed, each call
+    on ``threads`` threads (default: the process's), ``streams`` calls at once."""
     int8 = find_int8(checkpoint) if precision != "fp32" else Int8Model(None, note="fp32 asked for")
     cands = candidates(runtime, precision, int8)
     if len(cands) == 1:
         rt, pr = cands[0]
-        fn = build(rt, pr, model, meta, checkpoint, int8)
+        fn = build(rt, pr, model, meta, checkpoint, int8, threads, streams)
         why = "as asked" if runtime != "auto" else "the only one installed"
-        note = f"; {int8.note}" if pr == "int8" else ""
+        note = f"; {int8.note}" if pr != "fp32" else ""
         return Engine({CALIB_BATCHES[0]: (label(rt, pr), fn)}, f"{why}{note}")
     names = {label(rt, pr): (rt, pr) for rt, pr in cands}
     digest = file_digest(resolve_checkpoint(checkpoint)) if checkpoint is not None else \
         hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()
     if int8.path is not None:
         digest += file_digest(int8.path)
-    cache = cache_dir() / "runtime" / f"{machine_key(digest, names)}.json"
+    cache = cache_dir() / "runtime" / f"{machine_key(digest, names, threads)}.json"
     measured = cached_measurement(cache, names)
     fns = {}
     if measured is None:  # time them all; a cached choice builds only the winners
-        fns = {name: build(*names[name], model, meta, checkpoint, int8) for name in names}
+        fns = {name: build(*names[name], model, meta, checkpoint, int8, threads, streams) for name in names}
         pre = meta.preprocess  # random images: the speed of a dense CNN does not depend on the pixels
         x = torch.randn(8, pre.in_channels, pre.image_size, pre.image_size, generator=torch.Generator().manual_seed(0))
         measured = measure_candidates(fns, x, seconds)
-        write_text_atomic(cache, json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(),
+        write_text_atomic(cache, json.dumps({"cpu": cpu_name(), "threads": threads or torch.get_num_threads(),
                                              "images_per_s": measured}, indent=2) + "\n")
         how = "measured"
     else:
@@ -226,7 +246,7 @@ def make_engine(model, meta: RunMeta, runtime: str = "auto", precision: str = "a
     for b in CALIB_BATCHES:
         best = max(measured[str(b)], key=measured[str(b)].get)
         if best not in fns:
-            fns[best] = build(*names[best], model, meta, checkpoint, int8)
+            fns[best] = build(*names[best], model, meta, checkpoint, int8, threads, streams)
         runners[b] = (best, fns[best])
     figures = "; ".join(f"batch {b}: " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(
         measured[str(b)].items(), key=lambda kv: -kv[1])) + " img/s" for b in CALIB_BATCHES)

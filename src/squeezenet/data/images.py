@@ -39,13 +39,15 @@ def open_rgb(path: Path, channels: int = 3, draft: int | None = None) -> Image.I
             raise ValueError(f"empty image ({im.width}x{im.height})")
         if draft:
             im.draft("RGB" if channels == 3 else "L", (draft, draft))
-        im = ImageOps.exif_transpose(im)  # phone photos: stored sideways, shown upright
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)  # phone photos: stored sideways, shown upright
         if im.mode in ("I", "F") or im.mode.startswith("I;16"):
             # 16/32-bit greyscale: PIL's convert would clip at 255 (mostly white); scale 16 -> 8 bit.
             im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-        return im.convert("RGB" if channels == 3 else "L")
+        mode = "RGB" if channels == 3 else "L"
+        return im if im.mode == mode else im.convert(mode)  # convert() copies even to the same mode
 
 
 def resize_crop(im: Image.Image, size: int) -> Image.Image:
