@@ -550,37 +550,37 @@ def deploy_defaults(t: dict) -> str:
                          f"{r['ratio_vs_fastest_allowed']:.2f}x"])
     head = ["model", "batch", "default chose", "default img/s", "fastest measured, img/s", "default / fastest",
             "default / fastest it may choose"]
-    text = md_table(head, rows) + "\n\n{machine}"
-    bench = _speed_file("bench-v11-224.json")
-    if bench:  # bf16 is not a candidate of auto: the comparison the table above cannot make
-        ips = {(r["runtime"], r["batch_size"]): r["images_per_s"] for r in bench["records"]}
-        cells = [f"batch {b}: onnxruntime fp32 {ips[('onnxruntime', b)]:,.0f}, OpenVINO bf16 "
-                 f"{ips[('openvino-bf16', b)]:,.0f} img/s ({ips[('onnxruntime', b)] / ips[('openvino-bf16', b)]:.2f}x)"
-                 for b in (1, 32) if ("openvino-bf16", b) in ips and ("onnxruntime", b) in ips]
-        text += ("\n\nOpenVINO bf16 is not a candidate of `auto` (it changes the arithmetic, and random weights have "
-                 "no accuracy to measure it by); beside it, in `squeezenet bench squeezenet1_1 --runtimes "
-                 "eager,channels_last,onnxruntime,openvino,openvino-bf16` (`speed/bench-v11-224.json`): "
-                 + "; ".join(cells) + ".")
-    return text
+    return md_table(head, rows) + "\n\n{machine}"
+
+
+SERVED = (("serve-cifar10.json", "CIFAR-10 recipe, 32 px"), ("serve-cifar10-16.json", "CIFAR-10 recipe, 32 px"),
+          ("serve-v11-224.json", "v1.1 at 224 px, random weights"),
+          ("serve-iw-v11-224.json", "v1.1 at 224 px, trained"))
 
 
 def deploy_serve(_runs: list[dict]) -> str:
     """benchmarks/serve_load.py: the service under load against bench on the same runtime."""
     rows = []
-    for name, label in (("serve-cifar10.json", "CIFAR-10 recipe, 32 px"), ("serve-v11-224.json", "v1.1, 224 px")):
+    for name, label in SERVED:
         r = _speed_file(name)
         if r is None:
             continue
         s = r["serve"]
         b = str(max(1, round(s["mean_batch"])))
-        rows.append([label, s["runtime"], f"{s['requests']:,} at concurrency {r['concurrency']}", str(s["failures"]),
-                     f"{s['p50_ms']:.1f} / {s['p95_ms']:.1f}", f"{s['mean_batch']:.1f}", f"{s['images_per_s']:,.0f}",
+        streams = s["decode_seconds"] + s["inference_seconds"]
+        rows.append([label, s["runtime"], str(s["images_per_request"]),
+                     f"{s['requests']:,} at concurrency {r['concurrency']}", str(s["failures"]),
+                     f"{s['p50_ms']:.1f} / {s['p95_ms']:.1f}", f"{s['mean_batch']:.1f}",
+                     f"{s['server_cpu_seconds']:.1f} ({100 * s['inference_seconds'] / streams:.0f}% of the streams' "
+                     f"time in inference)", f"{s['images_per_s']:,.0f}",
                      f"{r['bench'][b]['images_per_s']:,.0f} (batch {b})", f"**{r['serve_vs_bench'][b]:.2f}x**"])
     if not rows:
         return NOT_MEASURED
-    head = ["model", "runtime", "requests", "failures", "p50 / p95 ms", "mean batch", "served img/s",
-            "bench img/s, same runtime", "serve / bench"]
-    return md_table(head, rows)
+    head = ["model", "runtime", "images per request", "requests", "failures", "p50 / p95 ms", "mean batch",
+            "server CPU s", "served img/s", "bench img/s, same runtime", "serve / bench"]
+    measured = [r for r in (_speed_file(n) for n, _ in SERVED) if r]
+    return md_table(head, rows) + f"\n\n{measured[0].get('machine', 'this machine')}: " + "; ".join(
+        f"`{r['command']}`" for r in measured)
 
 
 def _views(recipe: dict) -> str:

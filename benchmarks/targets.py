@@ -9,8 +9,10 @@ all in-process runtimes interleaved, so their ratios hold on a shared machine). 
 batch 1 (its .pte is static): its batch-32 figure is 32 single-image calls. The browser rows run
 onnxruntime-web in Debian's headless Chromium on ``--browser-images`` holdout images written as
 PNGs at the model's size (exact pixels), timed by the page. Then the default runtime of
-``predict``/``serve`` (``auto``) against the fastest measured, for the checkpoint and for v1.1 at
-224 px (random weights: fp32 only, its int8 accuracy cannot be measured), batch 1 and 32.
+``predict``/``serve`` (``auto``) against the fastest measured (bf16 and int8 included), batch 1
+and 32, for the checkpoint, for v1.1 at 224 px with random weights (1,000 classes: fp32 is all
+``auto`` may choose, having no accuracy to measure the others by) and, with --v11-checkpoint, for
+a v1.1 at 224 px trained on photos (``quantize --data-dir`` measured its int8 and bf16).
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ def default_vs_fastest(ckpt, seconds: float, tmp: Path) -> dict:
     model, meta = load_checkpoint(ckpt)
     engine = runtime.make_engine(model, meta, "auto", "auto", ckpt)
     int8 = runtime.find_int8(ckpt)
-    every = [(rt, pr) for rt in runtime.RUNTIMES[1:] if runtime.installed(rt) for pr in ("fp32", "int8")
-             if rt != "torch" or pr == "fp32"]
+    bf16 = runtime.installed("openvino") and runtime.openvino_bf16()
+    every = [(rt, pr) for rt in runtime.RUNTIMES[1:] if runtime.installed(rt) for pr in ("fp32", "bf16", "int8")
+             if (rt != "torch" or pr == "fp32") and (pr != "bf16" or (rt == "openvino" and bf16))]
     fns = {"default (auto)": lambda x: engine(x)}
     for rt, pr in every:
         if pr == "int8" and int8.path is None:
@@ -211,6 +214,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--ort-web", default=str(REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"))
     p.add_argument("--browser-images", type=int, default=1000)
+    p.add_argument("--v11-checkpoint", help="a trained squeezenet1_1 at 224 px, quantized (see above)")
     p.add_argument("--skip-browser", action="store_true")
     p.add_argument("--skip-executorch", action="store_true")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "speed" / "targets.json"))
@@ -228,7 +232,10 @@ def main() -> int:
         if not args.skip_browser:
             rows.update(browser_rows(ckpt, data, reference, args.browser_images, args.ort_web, tmp))
         defaults = {"checkpoint": default_vs_fastest(ckpt, args.seconds, tmp),
-                    "squeezenet1_1 at 224 px": default_vs_fastest(v11_checkpoint(tmp), args.seconds, tmp)}
+                    "squeezenet1_1 at 224 px, random weights": default_vs_fastest(v11_checkpoint(tmp), args.seconds,
+                                                                                  tmp)}
+        if args.v11_checkpoint:
+            defaults["squeezenet1_1 at 224 px, trained"] = default_vs_fastest(args.v11_checkpoint, args.seconds, tmp)
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_name(),
               "threads": torch.get_num_threads(), "python": platform.python_version(), "seconds": time.time() - t0,
               "rows": rows, "speed": speeds, "default_runtime": defaults}

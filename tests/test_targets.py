@@ -373,6 +373,39 @@ def test_web_page_runs_the_int8_model(cli, ckpt, pixels, tmp_path, static_host):
 
 # ----------------------------------------------------------------------------- the service
 
+def test_batches_run_on_several_streams_at_once_and_a_bad_upload_stays_out(ckpt, pixels):
+    import asyncio
+
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.serve import BadUpload, Batcher
+
+    _, meta = load_checkpoint(ckpt)
+    lock, active, seen = threading.Lock(), [0, 0], []
+
+    def engine(x):  # records how many batches run at once, and what each held
+        with lock:
+            active[0] += 1
+            active[1] = max(active)
+            seen.append(x.shape)
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+        return np.arange(len(x) * 2, dtype=np.float32).reshape(len(x), 2)
+
+    async def main():
+        batcher = Batcher(engine, meta, max_batch=4, max_wait_ms=0, streams=2)
+        await batcher.start()
+        uploads = [[(p.name, p.read_bytes())] for p in pixels[:6]] + [[("bad.png", b"\x89PNG broken")]]
+        results = await asyncio.gather(*[batcher.infer(u) for u in uploads], return_exceptions=True)
+        await batcher.stop()
+        return results, batcher
+    results, batcher = asyncio.run(main())
+    assert active[1] == 2  # two batches at once, never more
+    assert isinstance(results[-1], BadUpload) and results[-1].status == 400
+    assert all(r.shape == (1, 2) for r in results[:-1]) and batcher.images == 6
+    assert all(tuple(s[1:]) == (3, 32, 32) and s[0] <= 4 for s in seen)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -443,6 +476,7 @@ def test_serve_health_model_and_page(server):
     status, info = request(server, "GET", "/model")
     assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
     assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 200000
+    assert info["streams"] == min(len(os.sched_getaffinity(0)), 4) and info["threads_per_stream"] >= 1
     if info["page"]:
         status, page = request(server, "GET", "/")
         assert status == 200 and "<h1>SqueezeNet</h1>" in page
