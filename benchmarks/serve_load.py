@@ -66,9 +66,10 @@ def request_bytes(image: bytes, n: int) -> tuple[bytes, str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+    """User + system CPU time so far of a process and of its children, the workers (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
 
 
 def free_port() -> int:
@@ -130,6 +131,7 @@ def main() -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--max-wait-ms", default="5")
     p.add_argument("--streams", help="serve's --streams (default: its own)")
+    p.add_argument("--workers", help="serve's --workers (default: its own)")
     p.add_argument("--bench-seconds", type=float, default=3.0)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
@@ -138,6 +140,7 @@ def main() -> int:
     body, per = request_bytes(image, args.images_per_request), args.images_per_request
     port = free_port()
     streams = ["--streams", args.streams] if args.streams else []
+    streams += ["--workers", args.workers] if args.workers else []
     server = subprocess.Popen([sys.executable, "-m", "squeezenet", "serve", args.checkpoint, "--port", str(port),
                                "--runtime", args.runtime, "--precision", args.precision, "--no-page",
                                "--max-wait-ms", args.max_wait_ms, *streams], env=os.environ.copy())

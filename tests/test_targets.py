@@ -476,7 +476,9 @@ def test_serve_health_model_and_page(server):
     status, info = request(server, "GET", "/model")
     assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
     assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 200000
-    assert info["streams"] == min(len(os.sched_getaffinity(0)), 4) and info["threads_per_stream"] >= 1
+    cores = len(os.sched_getaffinity(0))
+    workers = min(cores, 4)  # one process per core, each on its own share of the cores
+    assert (info["workers"], info["streams"], info["threads_per_stream"]) == (workers, 1, max(1, cores // workers))
     if info["page"]:
         status, page = request(server, "GET", "/")
         assert status == 200 and "<h1>SqueezeNet</h1>" in page
@@ -522,6 +524,9 @@ def test_serve_port_in_use(cli, ckpt):
         s.listen()
         code, _, err = cli("serve", ckpt, "--port", s.getsockname()[1], "--no-page")
     assert code == 1 and "is in use" in err and "--port" in err and "Traceback" not in err
+    # a runtime that cannot run is said once, by the parent, before any worker starts
+    code, out, err = cli("serve", ckpt, "--port", "0", "--no-page", "--runtime", "onnxruntime", "--precision", "bf16")
+    assert code == 2 and err.count("runs on openvino only") == 1 and "worker" not in err + out
 
 
 def test_serve_drains_requests_in_flight_on_sigterm(ckpt, pixels, tmp_path):

@@ -161,7 +161,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.runtime, args.precision, args.max_batch, args.max_wait_ms,
-          args.max_bytes, args.ort_web, args.page, args.streams)
+          args.max_bytes, args.ort_web, args.page, args.streams, args.workers)
     return 0
 
 
@@ -329,8 +329,10 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--max-batch", type=_positive, default=32, help="images per inference call (32)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
     s.add_argument("--max-bytes", type=_positive, default=10 * 1024 * 1024, help="upload size limit (10 MiB)")
-    s.add_argument("--streams", type=_positive, help="batches run at once, the cores shared among them "
-                                                     "(default: one per core, at most 4; 1 for the lowest latency)")
+    s.add_argument("--workers", type=_positive, help="server processes, the cores shared among them (default: "
+                                                     "one per core, at most 4; 1 for the lowest latency)")
+    s.add_argument("--streams", type=_positive, default=1, help="batches each worker runs at once, its cores "
+                                                                "shared among them (1)")
     s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
     s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
     s.set_defaults(func=cmd_serve)

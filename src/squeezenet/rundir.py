@@ -76,6 +76,7 @@ class RunDir:
                 and any(p for p in run.path.iterdir() if p.name != "tensorboard"):
             raise SqueezeNetError(f"{run.path} is not empty and is not a run directory: choose another --out "
                                   f"(an empty or new folder)")
+        barrier()  # every rank has looked before the writer adds files (else a late rank sees them)
         if writer:
             mkdir(run.path)
             run._lock()

@@ -6,8 +6,9 @@
     GET  /model     architecture, classes, preprocessing, the runtime and why, batching counters
     GET  /          the page of ``export --format web`` (inference in the browser)
 
-Requests that arrive together are batched: while the inference streams are busy, requests queue,
-and the next free stream takes them all (up to ``max_batch`` images), waiting for requests still
+One process per core (``--workers``), each on its own port socket (SO_REUSEPORT) and cores.
+Requests that arrive together are batched: while a worker's inference streams are busy, requests
+queue, and the next free stream takes them all (up to ``max_batch`` images), waiting for requests still
 being read at most ``max_wait_ms``; with nothing else arriving it runs at once. A request with an
 undecodable upload gets its 400 alone: it is left out of the batch, and the others run. Bodies
 over ``max_bytes`` get 413. SIGTERM or Ctrl-C stop accepting connections and let the requests in
@@ -38,7 +39,7 @@ from .data import decode, normalize
 from .errors import SqueezeNetError, UsageError
 from .predict import top_labels
 from .runs import RunMeta
-from .runtime import make_engine
+from .runtime import Int8Model, candidates, find_int8, make_engine
 
 log = logging.getLogger("squeezenet")
 
@@ -47,6 +48,7 @@ MAX_IMAGES = 64  # per request
 MAX_BATCH = 32
 MAX_WAIT_MS = 5.0
 DRAIN_SECONDS = 30  # on SIGTERM, how long requests in flight may take to finish
+COUNTERS = ("inference_calls", "images", "decode_seconds", "inference_seconds")
 
 
 def require_serve() -> None:
@@ -61,8 +63,8 @@ class BadUpload(Exception):
         self.status = status
 
 
-def default_streams() -> int:
-    """Inference streams for a server: one per core up to 4, the cores shared out among them."""
+def default_workers() -> int:
+    """Server processes: one per core up to 4, the cores shared out among them."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
@@ -74,15 +76,16 @@ class Batcher:
     whenever one of them is taken (measured: 2-thread inference 1.85x slower beside the decoding)."""
 
     def __init__(self, engine, meta: RunMeta, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
-                 streams: int = 1):
+                 streams: int = 1, counters=None):
         self.engine, self.meta, self.max_batch, self.max_wait = engine, meta, max_batch, max_wait_ms / 1000
         self.streams = streams
         self.executor = ThreadPoolExecutor(streams, thread_name_prefix="squeezenet-infer")
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.lock = threading.Lock()
-        self.calls = self.images = 0
-        self.decoding = self.inferring = 0.0  # seconds the streams spent on each
+        # inference calls, images, seconds the streams spent decoding and in inference: a list, or
+        # this worker's slots of an array the workers share
+        self.counters = counters if counters is not None else [0.0] * len(COUNTERS)
         self.arriving = 0  # requests being read: worth waiting for
 
     def arrival(self):
@@ -152,9 +155,13 @@ class Batcher:
                 if not isinstance(r, BadUpload):
                     results[i], start = logits[start:start + r], start + r
         with self.lock:
-            self.calls, self.images = self.calls + bool(good), self.images + len(good)
-            self.decoding, self.inferring = self.decoding + t1 - t0, self.inferring + time.perf_counter() - t1
+            for i, v in enumerate((bool(good), len(good), t1 - t0, time.perf_counter() - t1)):
+                self.counters[i] += v
         return results
+
+    @property
+    def images(self) -> int:
+        return int(self.counters[1])
 
     async def _loop(self) -> None:
         loop, free = asyncio.get_running_loop(), asyncio.Semaphore(self.streams)
@@ -230,8 +237,11 @@ def decode_upload(data: bytes, name: str, meta: RunMeta) -> np.ndarray:
 
 def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_batch: int = MAX_BATCH,
                max_wait_ms: float = MAX_WAIT_MS, max_bytes: int = MAX_BYTES, max_images: int = MAX_IMAGES,
-               site: Path | None = None, streams: int | None = None):
-    """The Starlette app (the engine is built now, so the first request pays nothing)."""
+               site: Path | None = None, streams: int | None = None, workers: int = 1, counters=None,
+               totals=None, ready=None):
+    """The Starlette app (the engine is built now, so the first request pays nothing). One of
+    ``workers`` processes: ``counters`` its slots of the shared counters, ``totals`` a function
+    summing them over every worker, ``ready`` an event set once it takes requests."""
     require_serve()
     from contextlib import asynccontextmanager
 
@@ -241,12 +251,13 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     from starlette.staticfiles import StaticFiles
 
     model, meta = load_checkpoint(checkpoint)
-    streams = streams or default_streams()
+    streams = streams or 1
     threads = max(1, len(os.sched_getaffinity(0)) // streams)
     torch.set_num_threads(threads)  # the torch runtime's threads (the others take theirs per session)
     engine = make_engine(model, meta, runtime, precision, checkpoint, threads=threads, streams=streams)
     log.info(f"runtime: {engine.name}, {streams} stream(s) of {threads} thread(s) ({engine.reason})")
-    batcher = Batcher(engine, meta, max_batch, max_wait_ms, streams)
+    batcher = Batcher(engine, meta, max_batch, max_wait_ms, streams, counters)
+    totals = totals or (lambda: list(batcher.counters))
     classes = meta.class_names
 
     def error(status: int, message: str) -> JSONResponse:
@@ -278,11 +289,10 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
         return JSONResponse({"arch": meta.arch, "class_names": classes, "image_size": pre.image_size,
                              "resize_size": pre.resize_size, "in_channels": pre.in_channels,
                              "mean": list(pre.mean), "std": list(pre.std), "runtime": engine.name,
-                             "runtime_reason": engine.reason, "streams": streams, "threads_per_stream": threads,
-                             "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                             "max_bytes": max_bytes, "max_images": max_images, "inference_calls": batcher.calls,
-                             "images": batcher.images, "decode_seconds": batcher.decoding,
-                             "inference_seconds": batcher.inferring, "page": site is not None})
+                             "runtime_reason": engine.reason, "workers": workers, "streams": streams,
+                             "threads_per_stream": threads, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                             "max_bytes": max_bytes, "max_images": max_images, "page": site is not None,
+                             **{k: (int(v) if k in COUNTERS[:2] else v) for k, v in zip(COUNTERS, totals())}})
 
     async def no_page(request):
         return error(404, "the web page is off: onnxruntime-web was not found (pass --ort-web DIR)")
@@ -290,6 +300,8 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     @asynccontextmanager
     async def lifespan(app):
         await batcher.start()
+        if ready is not None:
+            ready.set()
         yield
         await batcher.stop()
 
@@ -314,22 +326,6 @@ def _isolated(app):
     return wrapped
 
 
-def check_port(host: str, port: int) -> None:
-    """Fail before loading anything when ``host:port`` cannot be listened on."""
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port {port} is not 0..65535")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise SqueezeNetError(f"port {port} on {host} is in use (another server?): stop it, or choose "
-                                      f"another with --port") from None
-            raise SqueezeNetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
 def build_site(checkpoint, ort_web=None) -> tuple[Path | None, str]:
     """The web page's folder in a temporary directory (None, and why, where onnxruntime-web is absent)."""
     from .web import export_web, ort_web_dir
@@ -345,30 +341,155 @@ def build_site(checkpoint, ort_web=None) -> tuple[Path | None, str]:
 
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, runtime: str = "auto", precision: str = "auto",
           max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, max_bytes: int = MAX_BYTES,
-          ort_web=None, page: bool = True, streams: int | None = None) -> None:
+          ort_web=None, page: bool = True, streams: int | None = None, workers: int | None = None) -> None:
     """Serve until SIGTERM or Ctrl-C, then drain the requests in flight."""
     require_serve()
-    import uvicorn
-
     if max_batch < 1 or max_wait_ms < 0 or max_bytes < 1:
         raise UsageError("--max-batch and --max-bytes must be positive, --max-wait-ms not negative")
-    check_port(host, port)
+    workers = workers or default_workers()
+    sock = listen(host, port, 2048 if workers == 1 else None)
+    load_checkpoint(checkpoint)  # a bad checkpoint or runtime fails here, once, before any worker starts
+    candidates(runtime, precision, find_int8(checkpoint) if precision != "fp32" else Int8Model(None))
     site, why = build_site(checkpoint, ort_web) if page else (None, "--no-page")
     if site is None:
         log.warning(f"serving without the web page: {why}")
+    settings = dict(checkpoint=checkpoint, runtime=runtime, precision=precision, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms, max_bytes=max_bytes, site=site, streams=streams, workers=workers)
+    where = (f"serving {checkpoint} on http://{host}:{sock.getsockname()[1]} (POST /predict, GET /health, "
+             f"GET /model{', the page at /' if site else ''}); SIGTERM or Ctrl-C stops it")
     try:
-        app = create_app(checkpoint, runtime, precision, max_batch, max_wait_ms, max_bytes, site=site, streams=streams)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=DRAIN_SECONDS, lifespan="on")
-        server = uvicorn.Server(config)
-        log.info(f"serving {checkpoint} on http://{host}:{port} (POST /predict, GET /health, GET /model"
-                 f"{', the page at /' if site else ''}); SIGTERM or Ctrl-C stops it")
-        _run(server)
-        if not server.started:
-            raise SqueezeNetError(f"the server could not start on {host}:{port} (see the message above)")
+        if workers == 1:
+            app = create_app(**settings)
+            log.info(where)
+            server = _server(app, sock)
+            _run(server)
+            if not server.started:
+                raise SqueezeNetError(f"the server could not start on {host}:{port} (see the message above)")
+        else:
+            _supervise(sock.getsockname()[:2], settings, where)
     finally:
+        sock.close()
         if site is not None:
             shutil.rmtree(site.parent, ignore_errors=True)
+
+
+def _server(app, sock):
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=DRAIN_SECONDS,
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    server.sock = sock
+    return server
+
+
+def _supervise(address, settings: dict, where: str) -> None:
+    """``workers`` processes on one listening socket, each on its share of the cores: one Python
+    process per core, so that reading requests, decoding and the runtime's calls in one worker
+    never wait for another's interpreter lock (measured: 1.38x one process with two streams).
+    SIGTERM or Ctrl-C reach every worker, and each drains its requests in flight."""
+    import multiprocessing
+    import signal
+
+    ctx, n = multiprocessing.get_context("spawn"), settings["workers"]
+    shared = ctx.Array("d", n * len(COUNTERS), lock=False)
+    ready = [ctx.Event() for _ in range(n)]
+    cpus = sorted(os.sched_getaffinity(0))
+    share = len(cpus) // n
+    procs = [ctx.Process(target=_worker, name=f"squeezenet-serve-{i}", daemon=False,
+                         args=(address, i, cpus[i * share:(i + 1) * share] if share else cpus, settings, shared,
+                               ready[i], log.getEffectiveLevel())) for i in range(n)]
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        while not all(e.is_set() for e in ready):
+            failed = [p for p in procs if p.exitcode is not None]
+            if failed or stopping:
+                stop(None, None)
+                for p in procs:
+                    p.join(DRAIN_SECONDS)
+                if stopping:
+                    return
+                raise SqueezeNetError(f"a server worker exited while starting (exit code {failed[0].exitcode}; "
+                                      f"see the message above)")
+            time.sleep(0.05)
+        log.info(f"{where}; {n} worker processes")
+        for p in procs:
+            p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready, level: int) -> None:
+    """One server process: its cores, its app, the shared counters."""
+    import sys
+
+    logger = logging.getLogger("squeezenet")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level if index == 0 else max(level, logging.WARNING))  # one worker says the runtime
+    os.sched_setaffinity(0, cpus)
+    k, n = len(COUNTERS), settings["workers"]
+
+    class Slots:  # this worker's counters in the shared array
+        def __getitem__(self, i):
+            return shared[index * k + i]
+
+        def __setitem__(self, i, v):
+            shared[index * k + i] = v
+
+        def __len__(self):
+            return k
+
+        def __iter__(self):
+            return (self[i] for i in range(k))
+
+    def totals():
+        return [sum(shared[w * k + i] for w in range(n)) for i in range(k)]
+    try:
+        sock = listen(*address)
+        app = create_app(**settings, counters=Slots(), totals=totals, ready=ready)
+        _run(_server(app, sock))
+    except SqueezeNetError as e:
+        logger.error(f"error: {e}")
+        raise SystemExit(1) from None
+
+
+def listen(host: str, port: int, backlog: int | None = 2048) -> socket.socket:
+    """The listening socket, before anything is loaded; one clear message where it cannot be had.
+    SO_REUSEPORT: each worker listens on a socket of its own on the same port, and the kernel
+    spreads the connections evenly (one shared socket lets the first worker awake take most);
+    ``backlog`` None: bound only, holding the port for the workers."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not 0..65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise SqueezeNetError(f"port {port} on {host} is in use (another server?): stop it, or choose "
+                                  f"another with --port") from None
+        raise SqueezeNetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 class _Stopped(Exception):
@@ -384,7 +505,7 @@ def _run(server) -> None:
         raise _Stopped(signum)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets=[server.sock])
     except _Stopped:
         pass
     finally:
