@@ -148,7 +148,7 @@ def test_time_budget_ends_the_run_and_resume_continues_the_spent_time(tmp_path, 
     assert code == 0, err
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     spent = sum(r["seconds"] for r in rows)
-    assert 2.0 <= spent < 5.0  # stops at the step that crosses the budget
+    assert 1.99 <= spent < 5.0  # stops at the step that crosses the budget (rows hold rounded seconds)
     assert "epoch   1  train" in out  # no "/epochs": the budget, not a count, ends the run
     state = torch.load(run / "last.state.pt", weights_only=True)
     assert state["spent"] == pytest.approx(spent, abs=0.01)
@@ -158,7 +158,7 @@ def test_time_budget_ends_the_run_and_resume_continues_the_spent_time(tmp_path, 
     assert len((run / "metrics.jsonl").read_text().splitlines()) == len(rows)
     code, out, err = cli("train", "--resume", run, "--time-budget", "3s", "--no-progress")
     more = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert code == 0 and len(more) > len(rows) and 3.0 <= sum(r["seconds"] for r in more) < 6.0, err
+    assert code == 0 and len(more) > len(rows) and 2.99 <= sum(r["seconds"] for r in more) < 6.0, err
 
 
 def test_outline_configuration_runs(tmp_path, cli):
