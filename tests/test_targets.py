@@ -529,6 +529,15 @@ def test_serve_port_in_use(cli, ckpt):
     assert code == 2 and err.count("runs on openvino only") == 1 and "worker" not in err + out
 
 
+def test_a_worker_that_cannot_start_stops_the_service_with_its_reason(ckpt, tmp_path):
+    (tmp_path / "afile").write_text("")
+    r = subprocess.run([sys.executable, "-m", "squeezenet", "serve", str(ckpt), "--port", "0", "--no-page",
+                        "--workers", "2"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "SQUEEZENET_CACHE": str(tmp_path / "afile" / "cache")})
+    assert r.returncode == 1 and "a parent path is a file" in r.stderr and "worker exited while starting" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_serve_drains_requests_in_flight_on_sigterm(ckpt, pixels, tmp_path):
     """Uploads half-sent when SIGTERM comes still finish with 200; then the process exits 0."""
     proc, port = start_server(ckpt, "--runtime", "torch", "--no-page", cache=tmp_path)

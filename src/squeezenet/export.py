@@ -14,6 +14,7 @@ SqueezeNet runs elsewhere: BGR, 0-255 vs 0-1, mean/std, NCHW/NHWC).
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import warnings
@@ -181,6 +182,7 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
+@functools.cache
 def openvino_bf16() -> bool:
     """Whether OpenVINO computes bf16 natively on this CPU (AMX or AVX512-BF16)."""
     import openvino as ov
@@ -201,8 +203,10 @@ def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | 
     source = model_bytes_or_path
     model = core.read_model(str(source)) if isinstance(source, (str, Path)) else core.read_model(source)
     config = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"NUM_STREAMS": streams}
-    if precision in ("fp32", "bf16"):
-        config["INFERENCE_PRECISION_HINT"] = "f32" if precision == "fp32" else "bf16"
+    if precision == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    elif precision == "bf16" and openvino_bf16():  # elsewhere OpenVINO refuses the hint: its default then
+        config["INFERENCE_PRECISION_HINT"] = "bf16"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads * streams  # OpenVINO's figure is for all its streams
     compiled, idle = core.compile_model(model, "CPU", config), queue.SimpleQueue()
