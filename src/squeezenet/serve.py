@@ -83,9 +83,9 @@ class Batcher:
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.lock = threading.Lock()
-        # inference calls, images, seconds the streams spent decoding and in inference: a list, or
-        # this worker's slots of an array the workers share
-        self.counters = counters if counters is not None else [0.0] * len(COUNTERS)
+        # inference calls, images, seconds the streams spent decoding and in inference: this
+        # worker's row of an array the workers share, or its own
+        self.counters = counters if counters is not None else np.zeros(len(COUNTERS))
         self.arriving = 0  # requests being read: worth waiting for
 
     def arrival(self):
@@ -257,7 +257,7 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     engine = make_engine(model, meta, runtime, precision, checkpoint, threads=threads, streams=streams)
     log.info(f"runtime: {engine.name}, {streams} stream(s) of {threads} thread(s) ({engine.reason})")
     batcher = Batcher(engine, meta, max_batch, max_wait_ms, streams, counters)
-    totals = totals or (lambda: list(batcher.counters))
+    totals = totals or (lambda: batcher.counters.tolist())
     classes = meta.class_names
 
     def error(status: int, message: str) -> JSONResponse:
@@ -445,26 +445,10 @@ def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready,
     logger.addHandler(handler)
     logger.setLevel(level if index == 0 else max(level, logging.WARNING))  # one worker says the runtime
     os.sched_setaffinity(0, cpus)
-    k, n = len(COUNTERS), settings["workers"]
-
-    class Slots:  # this worker's counters in the shared array
-        def __getitem__(self, i):
-            return shared[index * k + i]
-
-        def __setitem__(self, i, v):
-            shared[index * k + i] = v
-
-        def __len__(self):
-            return k
-
-        def __iter__(self):
-            return (self[i] for i in range(k))
-
-    def totals():
-        return [sum(shared[w * k + i] for w in range(n)) for i in range(k)]
+    table = np.frombuffer(shared, dtype=np.float64).reshape(settings["workers"], len(COUNTERS))  # no copy
     try:
         sock = listen(*address)
-        app = create_app(**settings, counters=Slots(), totals=totals, ready=ready)
+        app = create_app(**settings, counters=table[index], totals=lambda: table.sum(axis=0).tolist(), ready=ready)
         _run(_server(app, sock))
     except SqueezeNetError as e:
         logger.error(f"error: {e}")
