@@ -143,6 +143,12 @@ def test_quantize_without_calibration_data(cli, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
 
 
+def test_quantize_on_held_out_images_that_are_not_there(cli, ckpt, tmp_path):
+    rc, _, err = cli("quantize", ckpt, "--data-dir", tmp_path / "missing", "--out", tmp_path / "q.onnx")
+    assert rc == 1 and "missing" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("q*"))  # nothing half-written
+
+
 def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
     from squeezenet.compress import conv_weights, load_compressed
 

@@ -527,6 +527,7 @@ def test_serve_port_in_use(cli, ckpt):
     # a runtime that cannot run is said once, by the parent, before any worker starts
     code, out, err = cli("serve", ckpt, "--port", "0", "--no-page", "--runtime", "onnxruntime", "--precision", "bf16")
     assert code == 2 and err.count("runs on openvino only") == 1 and "worker" not in err + out
+    assert cli("serve", ckpt, "--port", "0", "--workers", "0")[0] == 2
 
 
 def test_a_worker_that_cannot_start_stops_the_service_with_its_reason(ckpt, tmp_path):
