@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image_folder
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from squeezenet.data import Loader, load_dataset, load_folder, load_image_files, train_val_split
 
@@ -144,3 +144,43 @@ def test_two_ranks_decode_the_folder_once(tmp_path):
     assert (r.stdout + r.stderr).count("decoded 32 images into the cache") == 1  # rank 0 only
     stores = list((tmp_path / "cache" / "decoded").iterdir())
     assert len(stores) == 1 and not stores[0].name.startswith(".")
+
+
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_the_fast_jpeg_path_gives_pils_pixels_and_leaves_it_the_rest(monkeypatch):
+    """libjpeg-turbo straight from the bytes (simplejpeg) must decode what PIL decodes, pixel for
+    pixel, at every draft scale; EXIF/XMP-rotated, CMYK and damaged files go to PIL."""
+    import squeezenet.data.images as images
+
+    assert images.simplejpeg is not None  # installed with the package: the path is taken
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 437, 3), np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    upright = Image.Exif()
+    upright[0x0112] = 1
+    variants = {"420": _jpeg(photo, quality=90), "444": _jpeg(photo, quality=95, subsampling=0),
+                "422": _jpeg(photo, subsampling=1), "progressive": _jpeg(photo, progressive=True),
+                "grey": _jpeg(photo.convert("L")), "exif upright": _jpeg(photo, exif=upright),
+                "small": _jpeg(photo.resize((32, 32)))}
+    fallback = {"exif rotated": _jpeg(photo, exif=rotated), "cmyk": _jpeg(photo.convert("CMYK")),
+                "xmp rotated": _jpeg(photo, xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="8"/></x:xmpmeta>')}
+    for name, data in {**variants, **fallback}.items():
+        for size, resize, channels in ((32, None, 3), (64, 73, 3), (140, None, 3), (224, 256, 3), (28, None, 1)):
+            fast = images.decode(data, size, channels, resize)
+            monkeypatch.setattr(images, "simplejpeg", None)
+            slow = images.decode(data, size, channels, resize)
+            monkeypatch.undo()
+            assert fast.shape == slow.shape == (channels, size, size) and np.array_equal(fast, slow), (name, size)
+        assert (images._decode_jpeg(data, 3, 32) is None) == (name in fallback), name
+    damaged = variants["420"][:2000]
+    assert images._decode_jpeg(damaged, 3, 32) is None
+    with pytest.raises(OSError):  # PIL's own error, as before
+        images.decode(damaged, 32)

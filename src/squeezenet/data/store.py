@@ -20,13 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
 from tqdm import tqdm
 
 from ..errors import SqueezeNetError
 from ..files import DISK_ERRORS, cache_dir
-from .images import DECODER_VERSION, decode, shown
+from .images import DECODER_VERSION, decode, decoders, shown
 
 log = logging.getLogger("squeezenet")
 STORE_VERSION = 1
@@ -38,7 +37,7 @@ def stores_dir() -> Path:
 
 
 def store_key(root: Path, samples, size: int, channels: int) -> str:
-    h = hashlib.sha256(f"{STORE_VERSION}|{DECODER_VERSION}|{PIL.__version__}|{size}|{channels}|".encode())
+    h = hashlib.sha256(f"{STORE_VERSION}|{DECODER_VERSION}|{decoders()}|{size}|{channels}|".encode())
     h.update(os.fsencode(root.resolve()))
     for p, label in samples:
         st = p.stat()
@@ -72,7 +71,7 @@ def open_store(key: str, labels: list[int]) -> tuple[torch.Tensor, list[int], li
 def decode_all(samples, size: int, channels: int, out: np.ndarray | int, progress: bool):
     """Decode every file into ``out[i]`` (an array, or a file descriptor written at image i's
     offset: the decoded pages go to the page cache, not to this process's memory) in parallel
-    (PIL releases the GIL while decoding, so threads use every core); returns (indices of the
+    (the decoders release the GIL while decoding, so threads use every core); returns (indices of the
     readable files, the unreadable ones, each with its reason)."""
     item = channels * size * size
 
