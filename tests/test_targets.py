@@ -162,6 +162,32 @@ def test_openvino_runtime_agrees_with_torch(cli, ckpt, pixels, python_prediction
         agree(r["top"], python_predictions[r["image"]][:len(r["top"])], 2e-2)  # 8 bits of mantissa
 
 
+def test_openvino_compiles_each_batch_size_and_a_service_never_waits_for_it(ckpt):
+    pytest.importorskip("openvino")
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.export import onnx_bytes, openvino_model, sample_inputs
+
+    model, meta = load_checkpoint(ckpt)
+    x = sample_inputs(meta, 5)
+    ov = openvino_model(onnx_bytes(model, x[:1], dynamic_batch=True), "fp32", threads=1)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    for n in (3, 5, 3):  # compiled for 3 and 5 when first met, then reused
+        assert np.abs(ov(x[:n].numpy()) - expected[:n]).max() < 1e-4
+    assert sorted(ov.static) == [3, 5] and ov.compiling == 0
+    ov.background = True  # a service: the dynamic-shape model answers while a thread compiles
+    compiled = threading.Event()
+    real = ov._compile
+    ov._compile = lambda shape: (compiled.wait(10), real(shape))
+    assert np.abs(ov(x[:4].numpy()) - expected[:4]).max() < 1e-4 and ov.compiling == 1 and 4 not in ov.static
+    compiled.set()
+    deadline = time.time() + 30
+    while ov.compiling and time.time() < deadline:
+        time.sleep(0.05)
+    assert 4 in ov.static and ov.compiling == 0
+    assert np.abs(ov(x[:4].numpy()) - expected[:4]).max() < 1e-4
+
+
 def test_precision_auto_takes_int8_only_when_measured_within_bound(cli, ckpt, tmp_path):
     from squeezenet.quantize import record_path
 
@@ -396,13 +422,14 @@ def test_batches_run_on_several_streams_at_once_and_a_bad_upload_stays_out(ckpt,
         batcher = Batcher(engine, meta, max_batch=4, max_wait_ms=0, streams=2)
         await batcher.start()
         uploads = [[(p.name, p.read_bytes())] for p in pixels[:6]] + [[("bad.png", b"\x89PNG broken")]]
-        results = await asyncio.gather(*[batcher.infer(u) for u in uploads], return_exceptions=True)
+        results = await asyncio.gather(*[batcher.infer(u, 2) for u in uploads], return_exceptions=True)
         await batcher.stop()
         return results, batcher
     results, batcher = asyncio.run(main())
     assert active[1] == 2  # two batches at once, never more
     assert isinstance(results[-1], BadUpload) and results[-1].status == 400
-    assert all(r.shape == (1, 2) for r in results[:-1]) and batcher.images == 6
+    assert all(len(r) == 1 and [t["index"] for t in r[0]] == [1, 0] for r in results[:-1])  # top-2, per image
+    assert batcher.images == 6
     assert all(tuple(s[1:]) == (3, 32, 32) and s[0] <= 4 for s in seen)
 
 

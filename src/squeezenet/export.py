@@ -190,13 +190,12 @@ def openvino_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | None = None, streams: int = 1):
+def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | None = None,
+                   streams: int = 1) -> OpenVINOModel:
     """A function from a numpy batch to logits, by OpenVINO on the CPU from an ONNX model.
     ``fp32`` pins float32 math (on CPUs with bf16 units OpenVINO's default runs float layers in
     bf16), ``bf16`` asks for bf16 math from the same file, ``int8`` runs a QDQ file. ``streams`` calls can run at once,
     each on ``threads`` threads (OpenVINO runs the calls of one stream one after the other)."""
-    import queue
-
     import openvino as ov
 
     core = ov.Core()
@@ -209,19 +208,95 @@ def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | 
         config["INFERENCE_PRECISION_HINT"] = "bf16"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads * streams  # OpenVINO's figure is for all its streams
-    compiled, idle = core.compile_model(model, "CPU", config), queue.SimpleQueue()
-    idle.put(compiled.create_infer_request())
+    return OpenVINOModel(core, model, config)
 
-    def infer(x):
+
+class OpenVINOModel:
+    """Each batch size on a model compiled for that shape: OpenVINO's dynamic-shape path costs a
+    small model 25-35% per call at varying batch sizes (benchmarks/RESULTS.md). A size seen for
+    the first time is compiled then, or, once ``background`` is set (a service), by one thread
+    while the dynamic-shape model answers it. At most ``MAX_SHAPES`` sizes are compiled."""
+
+    MAX_SHAPES = 64
+
+    def __init__(self, core, model, config: dict):
+        import queue
+        import threading
+
+        self.core, self.model, self.config, self.background = core, model, config, False
+        self.dynamic = _Compiled(core.compile_model(model, "CPU", config))
+        self.static: dict[int, _Compiled] = {}
+        self.seen: set[int] = set()
+        self.todo: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock, self.compiler = threading.Lock(), None
+
+    @property
+    def compiling(self) -> int:
+        """Batch sizes waiting for their compiled model."""
+        return len(self.seen) - len(self.static)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        compiled = self.static.get(len(x))
+        if compiled is None:
+            with self.lock:
+                first = len(x) not in self.seen and len(self.seen) < self.MAX_SHAPES
+                if first:
+                    self.seen.add(len(x))
+            if first and self.background:
+                self.todo.put(x.shape)
+                self._start_compiler()
+            elif first:
+                self._compile(x.shape)
+            compiled = self.static.get(len(x), self.dynamic)
+        return compiled(x)
+
+    def _compile(self, shape) -> None:
+        model = self.model.clone()
+        model.reshape(list(shape))
+        self.static[shape[0]] = _Compiled(self.core.compile_model(model, "CPU", self.config))
+
+    def _start_compiler(self) -> None:
+        import threading
+
+        def work():
+            while True:
+                shape = self.todo.get()
+                try:
+                    self._compile(shape)
+                except Exception as e:  # the dynamic-shape model goes on answering this size
+                    self.seen.discard(shape[0])
+                    warnings.warn(f"OpenVINO could not compile batch size {shape[0]}: {type(e).__name__}: {e}",
+                                  stacklevel=1)
+        with self.lock:
+            if self.compiler is None:  # a daemon: it only ever waits for work or compiles
+                self.compiler = threading.Thread(target=work, name="squeezenet-openvino-compile", daemon=True)
+                self.compiler.start()
+
+
+class _Compiled:
+    """A compiled model and its idle infer requests: one per call in flight, kept for later calls."""
+
+    def __init__(self, compiled):
+        import queue
+
+        self.compiled, self.idle = compiled, queue.SimpleQueue()
+        self.idle.put(compiled.create_infer_request())
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import queue
+
+        import openvino as ov
+
         try:
-            request = idle.get_nowait()
-        except queue.Empty:  # another thread holds the request: one more, kept for later calls
-            request = compiled.create_infer_request()
-        try:
-            return request.infer([x])[0]
+            request = self.idle.get_nowait()
+        except queue.Empty:  # another thread holds the request
+            request = self.compiled.create_infer_request()
+        try:  # the tensor-level calls: InferRequest.infer's input dispatch costs ~8% of a small model's call
+            request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+            request.infer()
+            return request.get_output_tensor().data.copy()
         finally:
-            idle.put(request)
-    return infer
+            self.idle.put(request)
 
 
 def verify_onnx(data: bytes, model: torch.nn.Module, x: torch.Tensor, raw: torch.Tensor | None = None) -> float:
