@@ -433,6 +433,41 @@ def test_batches_run_on_several_streams_at_once_and_a_bad_upload_stays_out(ckpt,
     assert all(tuple(s[1:]) == (3, 32, 32) and s[0] <= 4 for s in seen)
 
 
+def test_a_runtime_that_fails_gives_its_batch_a_json_500(ckpt, pixels):
+    import asyncio
+
+    from squeezenet.serve import create_app
+
+    app = create_app(ckpt, runtime="onnxruntime", precision="fp32")
+
+    def broken(x):
+        raise RuntimeError("the runtime ran out of memory")
+    app.state.batcher.engine = broken
+
+    async def post(body: bytes):
+        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/predict",
+                 "raw_path": b"/predict", "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"image/png")]}
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    async def main():
+        await app.state.batcher.start()
+        try:
+            return await post(pixels[0].read_bytes())
+        finally:
+            await app.state.batcher.stop()
+    status, body = asyncio.run(main())
+    assert status == 500 and body["error"] == "inference failed: RuntimeError: the runtime ran out of memory"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -212,8 +212,8 @@ def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | 
 
 
 class OpenVINOModel:
-    """Each batch size on a model compiled for that shape: OpenVINO's dynamic-shape path costs a
-    small model 25-35% per call at varying batch sizes (benchmarks/RESULTS.md). A size seen for
+    """Each batch size on a model compiled for that shape: OpenVINO's dynamic-shape path is slower,
+    most for a small model at varying batch sizes (benchmarks/RESULTS.md#serving). A size seen for
     the first time is compiled then, or, once ``background`` is set (a service), by one thread
     while the dynamic-shape model answers it. At most ``MAX_SHAPES`` sizes are compiled."""
 
@@ -291,7 +291,7 @@ class _Compiled:
             request = self.idle.get_nowait()
         except queue.Empty:  # another thread holds the request
             request = self.compiled.create_infer_request()
-        try:  # the tensor-level calls: InferRequest.infer's input dispatch costs ~8% of a small model's call
+        try:  # the tensor-level calls: InferRequest.infer's input dispatch costs a small model's call more
             request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
             request.infer()
             return request.get_output_tensor().data.copy()

@@ -72,12 +72,11 @@ class Batcher:
     """Batches the requests queued while a batch runs, and runs each batch on a free stream: it
     decodes the batch's uploads, runs the model on them and takes each image's top-k.
 
-    One stream (the default, one worker process per core) runs on the event loop's own thread: a
-    second thread on the same core only adds interpreter-lock hand-offs to every request (measured:
-    1.3x the serving time per request). Several streams are threads of one or a few cores each,
-    rather than one stream on every core, because a server's cores also read requests and decode
-    images: a runtime spread over every core stalls whenever one of them is taken (measured:
-    2-thread inference 1.85x slower beside the decoding)."""
+    One stream (the default: one worker process per core) runs on the event loop's own thread: a
+    second thread on the same core only adds interpreter-lock hand-offs to every request. Several
+    streams are threads of one or a few cores each, rather than one stream on every core, because
+    a server's cores also read requests and decode images: a runtime spread over every core stalls
+    whenever one of them is taken. Both measured in benchmarks/RESULTS.md#serving."""
 
     def __init__(self, engine, meta: RunMeta, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
                  streams: int = 1, counters=None):
@@ -293,6 +292,9 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
             tops = await batcher.infer(files, k)
         except BadUpload as e:
             return error(e.status, str(e))
+        except Exception as e:  # the runtime failed on this batch: said in the log and to each of its requests
+            log.error(f"inference failed: {type(e).__name__}: {e}")
+            return error(500, f"inference failed: {type(e).__name__}: {str(e)[:200]}")
         return JSONResponse({"predictions": [{"image": name, "top": top} for (name, _), top in zip(files, tops)],
                              "runtime": runtime_name, "ms": (time.perf_counter() - t0) * 1000})
 
@@ -401,7 +403,7 @@ def _server(app, sock):
 def _supervise(address, settings: dict, where: str) -> None:
     """``workers`` processes, each listening on ``address`` (SO_REUSEPORT) on its share of the
     cores: one Python process per core, so that reading requests, decoding and the runtime's calls in one worker
-    never wait for another's interpreter lock (measured: 1.38x one process with two streams).
+    never wait for another's interpreter lock (benchmarks/RESULTS.md#serving).
     SIGTERM or Ctrl-C reach every worker, and each drains its requests in flight."""
     import multiprocessing
     import signal

@@ -99,8 +99,9 @@ def decode(source, image_size: int, channels: int = 3, resize_size: int | None =
 
 def _decode_jpeg(data: bytes, channels: int, draft: int) -> np.ndarray | None:
     """A JPEG's pixels, (H, W[, 3]), by libjpeg-turbo without PIL's Python parsing of the file
-    (a tenth of PIL's time on a 32-px image, the same pixels, at the scale ``open_rgb``'s draft
-    picks); None where ``open_rgb`` must decide: an EXIF orientation, CMYK, a bomb, damage."""
+    (the same pixels, at the scale ``open_rgb``'s draft picks, in much less time on a small image:
+    benchmarks/RESULTS.md#serving); None where ``open_rgb`` must decide: an EXIF orientation,
+    CMYK, a bomb, damage."""
     if simplejpeg is None or not _upright(data):
         return None
     try:
@@ -118,6 +119,8 @@ def _decode_jpeg(data: bytes, channels: int, draft: int) -> np.ndarray | None:
 def _upright(data: bytes) -> bool:
     """Whether a JPEG is stored upright: no EXIF orientation but 1, none in XMP (which PIL's
     ``exif_transpose`` also reads). Only the markers before the image data are walked."""
+    if b"\xff\xe1" not in data:  # no APP1 segment (the coded data never holds this pair: 0xFF is stuffed)
+        return True
     i = 2
     while i + 4 <= len(data) and data[i] == 0xFF:
         marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
