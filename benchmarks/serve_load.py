@@ -4,15 +4,16 @@
         [--images-per-request 1] [--image PHOTO] [--max-seconds 120] [--runtime auto]
         [--precision auto] [--warmup 500] [--json FILE]
 
-Starts the server on 127.0.0.1 (a free port), waits for /health, sends --warmup requests, then --requests POST /predict
-(--images-per-request JPEGs each, as the body or a multipart form; --concurrency keep-alive
-connections; stopping at --max-seconds whatever is left), reads /model for the runtime and how many
-inference calls it made, stops the server with SIGTERM, then times that runtime in this process
-(``timing.measure``, as ``bench`` does) at the server's mean batch size and at the images in flight
-(at most 32). The image is --image, or one from the checkpoint's evaluation data at the model's
-size (random pixels where that data is absent), sent as a JPEG of quality 90. The server's and the
-load client's CPU seconds are reported: on a small machine they share the cores. Loopback only;
-bounded in count and time.
+Starts the server on 127.0.0.1 (a free port), waits for /health, sends --warmup requests (and
+more while the workers compile batch sizes they met), then --requests POST /predict over the same
+--concurrency keep-alive connections (--images-per-request JPEGs each, as the body or a multipart
+form; stopping at --max-seconds whatever is left), reads /model for the runtime and how many
+inference calls it made, stops the server with SIGTERM, then times the runtime its workers ran at
+each size in this process on every core (``timing.measure``, as ``bench`` does) at the server's
+mean batch size and at the images in flight (at most 32). The image is --image, or one from the
+checkpoint's evaluation data at the model's size (random pixels where that data is absent), sent
+as a JPEG of quality 90. The server's and the load client's CPU seconds are reported: on a small
+machine they share the cores. Loopback only; bounded in count and time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -198,12 +200,18 @@ def main() -> int:
               "inference_seconds": info["inference_seconds"] - before["inference_seconds"],
               "server_cpu_seconds": server_cpu, "client_cpu_seconds": client_cpu,
               "runtime": info["runtime"], "runtime_reason": info["runtime_reason"]}
-    # bench: the same engine (the same cached choice), in this process, the server stopped
-    engine = make_engine(model, meta, args.runtime, args.precision, args.checkpoint)
+    # bench: the runtime the server's workers ran at each size (their runner nearest it), in this
+    # process on every core, as `bench` times it, the server stopped
     pre = meta.preprocess
     sizes = sorted({max(1, round(mean_batch)), min(args.concurrency * per, 32)})
     x = normalize(sample_images(meta, 1), pre.mean, pre.std)
-    benched = {b: measure({"engine": engine}, x.repeat(b, 1, 1, 1), args.bench_seconds)["engine"] for b in sizes}
+    runners = {int(b): lbl for b, lbl in info["runners"].items()}
+    benched = {}
+    for b in sizes:
+        label = runners[min(runners, key=lambda r: abs(math.log(b) - math.log(r)))]
+        engine = make_engine(model, meta, *label.split(), args.checkpoint)
+        benched[b] = {**measure({"engine": engine}, x.repeat(b, 1, 1, 1), args.bench_seconds)["engine"],
+                      "runtime": label}
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "checkpoint": args.checkpoint,
               "machine": cpu_name(), "concurrency": args.concurrency, "threads": torch.get_num_threads(),
               "serve": served, "bench": {str(b): r for b, r in benched.items()},
@@ -214,7 +222,7 @@ def main() -> int:
           f"load client {client_cpu:.1f}, in {seconds:.1f} s; the streams spent {served['decode_seconds']:.1f} s "
           f"decoding, {served['inference_seconds']:.1f} s in inference")
     for b, r in benched.items():
-        print(f"bench, same runtime, batch {b}: {r['images_per_s']:.0f} img/s -> serve/bench "
+        print(f"bench, {r['runtime']}, batch {b}: {r['images_per_s']:.0f} img/s -> serve/bench "
               f"{served['images_per_s'] / r['images_per_s']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

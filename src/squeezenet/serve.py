@@ -306,6 +306,7 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
         return JSONResponse({"arch": meta.arch, "class_names": classes, "image_size": pre.image_size,
                              "resize_size": pre.resize_size, "in_channels": pre.in_channels,
                              "mean": list(pre.mean), "std": list(pre.std), "runtime": engine.name,
+                             "runners": {str(b): lbl for b, (lbl, _) in sorted(engine.runners.items())},
                              "runtime_reason": engine.reason, "workers": workers, "streams": streams,
                              "threads_per_stream": threads, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                              "max_bytes": max_bytes, "max_images": max_images, "page": site is not None,
