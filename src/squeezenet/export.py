@@ -212,10 +212,12 @@ def openvino_model(model_bytes_or_path, precision: str = "fp32", threads: int | 
 
 
 class OpenVINOModel:
-    """Each batch size on a model compiled for that shape: OpenVINO's dynamic-shape path is slower,
-    most for a small model at varying batch sizes (benchmarks/RESULTS.md#serving). A size seen for
-    the first time is compiled then, or, once ``background`` is set (a service), by one thread
-    while the dynamic-shape model answers it. At most ``MAX_SHAPES`` sizes are compiled."""
+    """Each batch size met more than once on a model compiled for that shape: OpenVINO's
+    dynamic-shape path is slower, most for a small model at varying batch sizes
+    (benchmarks/RESULTS.md#serving). The dynamic-shape model answers a size's first call (a
+    one-off ``predict`` compiles nothing more) and the second compiles it; once ``background`` is
+    set (a service, where every size recurs) the first call has it compiled, on one thread, while
+    the dynamic model goes on answering. At most ``MAX_SHAPES`` sizes are compiled."""
 
     MAX_SHAPES = 64
 
@@ -226,26 +228,29 @@ class OpenVINOModel:
         self.core, self.model, self.config, self.background = core, model, config, False
         self.dynamic = _Compiled(core.compile_model(model, "CPU", config))
         self.static: dict[int, _Compiled] = {}
-        self.seen: set[int] = set()
+        self.calls: dict[int, int] = {}  # batch size -> calls, until it is compiled
+        self.asked: set[int] = set()  # sizes whose compiling was asked for
+        self.failed: set[int] = set()
         self.todo: queue.SimpleQueue = queue.SimpleQueue()
         self.lock, self.compiler = threading.Lock(), None
 
     @property
     def compiling(self) -> int:
         """Batch sizes waiting for their compiled model."""
-        return len(self.seen) - len(self.static)
+        return len(self.asked) - len(self.static) - len(self.failed)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         compiled = self.static.get(len(x))
         if compiled is None:
             with self.lock:
-                first = len(x) not in self.seen and len(self.seen) < self.MAX_SHAPES
-                if first:
-                    self.seen.add(len(x))
-            if first and self.background:
+                n = self.calls[len(x)] = self.calls.get(len(x), 0) + 1
+                ask = n == (1 if self.background else 2) and len(self.asked) < self.MAX_SHAPES
+                if ask:
+                    self.asked.add(len(x))
+            if ask and self.background:
                 self.todo.put(x.shape)
                 self._start_compiler()
-            elif first:
+            elif ask:
                 self._compile(x.shape)
             compiled = self.static.get(len(x), self.dynamic)
         return compiled(x)
@@ -264,7 +269,7 @@ class OpenVINOModel:
                 try:
                     self._compile(shape)
                 except Exception as e:  # the dynamic-shape model goes on answering this size
-                    self.seen.discard(shape[0])
+                    self.failed.add(shape[0])
                     warnings.warn(f"OpenVINO could not compile batch size {shape[0]}: {type(e).__name__}: {e}",
                                   stacklevel=1)
         with self.lock:

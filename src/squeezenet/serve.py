@@ -73,10 +73,10 @@ class Batcher:
     decodes the batch's uploads, runs the model on them and takes each image's top-k.
 
     One stream (the default: one worker process per core) runs on the event loop's own thread: a
-    second thread on the same core only adds interpreter-lock hand-offs to every request. Several
-    streams are threads of one or a few cores each, rather than one stream on every core, because
-    a server's cores also read requests and decode images: a runtime spread over every core stalls
-    whenever one of them is taken. Both measured in benchmarks/RESULTS.md#serving."""
+    second thread on the same core only adds interpreter-lock hand-offs to every request
+    (benchmarks/RESULTS.md#serving). Several streams are threads of one or a few cores each,
+    rather than one stream on every core, because a server's cores also read requests and decode
+    images: a runtime spread over every core stalls whenever one of them is taken."""
 
     def __init__(self, engine, meta: RunMeta, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
                  streams: int = 1, counters=None):
