@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import io
 import json
-import math
 import os
 import signal
 import socket
@@ -40,7 +39,7 @@ from squeezenet.checkpoint import load_checkpoint
 from squeezenet.data import normalize
 from squeezenet.device import cpu_name
 from squeezenet.export import sample_images
-from squeezenet.runtime import make_engine
+from squeezenet.runtime import make_engine, nearest
 from squeezenet.timing import measure
 
 
@@ -208,7 +207,7 @@ def main() -> int:
     runners = {int(b): lbl for b, lbl in info["runners"].items()}
     benched = {}
     for b in sizes:
-        label = runners[min(runners, key=lambda r: abs(math.log(b) - math.log(r)))]
+        label = runners[nearest(runners, b)]
         engine = make_engine(model, meta, *label.split(), args.checkpoint)
         benched[b] = {**measure({"engine": engine}, x.repeat(b, 1, 1, 1), args.bench_seconds)["engine"],
                       "runtime": label}

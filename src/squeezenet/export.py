@@ -284,20 +284,18 @@ class _Compiled:
     def __init__(self, compiled):
         import queue
 
-        self.compiled, self.idle = compiled, queue.SimpleQueue()
+        import openvino as ov
+
+        self.compiled, self.idle, self.tensor, self.empty = compiled, queue.SimpleQueue(), ov.Tensor, queue.Empty
         self.idle.put(compiled.create_infer_request())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        import queue
-
-        import openvino as ov
-
         try:
             request = self.idle.get_nowait()
-        except queue.Empty:  # another thread holds the request
+        except self.empty:  # another thread holds the request
             request = self.compiled.create_infer_request()
         try:  # the tensor-level calls: InferRequest.infer's input dispatch costs a small model's call more
-            request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+            request.set_input_tensor(self.tensor(np.ascontiguousarray(x), shared_memory=True))
             request.infer()
             return request.get_output_tensor().data.copy()
         finally:

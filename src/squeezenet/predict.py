@@ -29,7 +29,7 @@ def make_predictor(model, meta: RunMeta, runtime: str = "auto", checkpoint=None,
 
 def top_labels(logits, classes, k: int) -> list[list[dict]]:
     """Per image, the ``k`` most probable labels with their softmax probabilities."""
-    z = np.asarray(logits, dtype=np.float32)  # NumPy: a service calls this per request, torch costs more
+    z = np.asarray(logits, dtype=np.float32)  # NumPy: cheaper than torch on a service's small batches
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     ix = np.argsort(-p, axis=1, kind="stable")[:, :min(k, len(classes))]

@@ -194,6 +194,11 @@ def measure_candidates(fns: dict, x: torch.Tensor, seconds: float = CALIB_SECOND
     return out
 
 
+def nearest(sizes, n: int) -> int:
+    """The measured batch size nearest to ``n`` (on a log scale), whose runner runs a batch of ``n``."""
+    return min(sizes, key=lambda b: abs(math.log(max(n, 1)) - math.log(b)))
+
+
 @dataclass
 class Engine:
     """Logits (numpy) for a normalised NCHW float batch, each batch on the runner chosen for its size."""
@@ -217,7 +222,7 @@ class Engine:
         return sum(fn.openvino.compiling for _, fn in self.runners.values() if hasattr(fn, "openvino"))
 
     def nearest(self, n: int) -> int:
-        return min(self.runners, key=lambda b: abs(math.log(max(n, 1)) - math.log(b)))
+        return nearest(self.runners, n)
 
     @property
     def name(self) -> str:

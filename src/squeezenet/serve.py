@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import UnidentifiedImageError
 
 from .checkpoint import load_checkpoint
 from .data import decode, normalize
@@ -236,8 +237,6 @@ async def uploads(request, max_bytes: int, max_images: int) -> list[tuple[str, b
 def decode_upload(data: bytes, name: str, meta: RunMeta) -> np.ndarray:
     """One upload as the model's (C, H, W) uint8 pixels, decoded as ``predict`` decodes files."""
     pre = meta.preprocess
-    from PIL import UnidentifiedImageError
-
     try:
         return decode(data, pre.image_size, pre.in_channels, pre.resize_size)
     except UnidentifiedImageError:
