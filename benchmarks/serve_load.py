@@ -9,7 +9,8 @@ more while the workers compile batch sizes they met), then --requests POST /pred
 --concurrency keep-alive connections (--images-per-request JPEGs each, as the body or a multipart
 form; stopping at --max-seconds whatever is left), reads /model for the runtime and how many
 inference calls it made, stops the server with SIGTERM, then times the runtime its workers ran at
-each size in this process on every core (``timing.measure``, as ``bench`` does) at the server's
+each size in this process on every core (``timing.measure``, as ``bench`` does, on uint8 pixels
+as the workers run it: normalised in its graph) at the server's
 mean batch size and at the images in flight (at most 32). The image is --image, or one from the
 checkpoint's evaluation data at the model's size (random pixels where that data is absent), sent
 as a JPEG of quality 90. The server's and the load client's CPU seconds are reported: on a small
@@ -36,10 +37,9 @@ import torch
 from PIL import Image
 
 from squeezenet.checkpoint import load_checkpoint
-from squeezenet.data import normalize
 from squeezenet.device import cpu_name
 from squeezenet.export import sample_images
-from squeezenet.runtime import make_engine, nearest
+from squeezenet.runtime import make_engine, nearest, repeat
 from squeezenet.timing import measure
 
 
@@ -146,6 +146,55 @@ async def run_load(port: int, body, args, server_pid: int):
             c.writer.close()
 
 
+WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("SQUEEZENET_BODY"), "rb"))
+wrk.method, wrk.body = "POST", f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("SQUEEZENET_CTYPE")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %f, "errors": %d, "status_errors": %d, "p50_ms": %f, '
+    .. '"p95_ms": %f}\\n', summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50) / 1e3, latency:percentile(95) / 1e3))
+end
+"""
+
+
+def wrk(port: int, body, concurrency: int, seconds: float, folder: Path) -> dict:
+    """One run of wrk (a load generator in C, one thread: on a small machine its CPU is the
+    server's, and it takes a fraction of the Python client's) for ``seconds``; its figures."""
+    data, ctype = body
+    (folder / "body").write_bytes(data)
+    (folder / "post.lua").write_text(WRK_SCRIPT)
+    env = {**os.environ, "SQUEEZENET_BODY": str(folder / "body"), "SQUEEZENET_CTYPE": ctype}
+    proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
+                             "-s", str(folder / "post.lua"), f"http://127.0.0.1:{port}/predict"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    out = proc.communicate(timeout=seconds + 60)[0]
+    return json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+
+
+def run_wrk(port: int, body, args, server_pid: int):
+    """run_load's figures with wrk sending the timed requests: warm-ups of 2 s until nothing
+    compiles (each run's connections are spread over the workers anew), then --wrk-seconds."""
+    import resource
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(30):
+            wrk(port, body, args.concurrency, 2, Path(folder))
+            if not get_json(port, "/model")["compiling"]:
+                break
+            time.sleep(2)
+        before = get_json(port, "/model")
+        server_cpu = cpu_seconds(server_pid)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        figures = wrk(port, body, args.concurrency, args.wrk_seconds, Path(folder))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        return figures, before, cpu_seconds(server_pid) - server_cpu, client_cpu
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
@@ -162,6 +211,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=500, help="requests sent first, not timed (OpenVINO compiles "
                    "each batch size it meets)")
     p.add_argument("--bench-seconds", type=float, default=3.0)
+    p.add_argument("--client", choices=("python", "wrk"), default="python",
+                   help="what sends the timed requests: this script's asyncio client, or wrk (apt install wrk)")
+    p.add_argument("--wrk-seconds", type=float, default=10.0, help="--client wrk: how long it sends")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     model, meta = load_checkpoint(args.checkpoint)
@@ -182,34 +234,41 @@ def main() -> int:
                 if server.poll() is not None:
                     raise SystemExit("the server exited before it was up") from None
                 time.sleep(0.2)
-        latencies, failures, seconds, before, server_cpu, client_cpu = asyncio.run(run_load(port, body, args,
-                                                                                           server.pid))
+        if args.client == "wrk":
+            figures, before, server_cpu, client_cpu = run_wrk(port, body, args, server.pid)
+        else:
+            latencies, failures, seconds, before, server_cpu, client_cpu = asyncio.run(
+                run_load(port, body, args, server.pid))
         info = get_json(port, "/model")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
     calls = info["inference_calls"] - before["inference_calls"]
     mean_batch = (info["images"] - before["images"]) / max(calls, 1)
-    ms = np.array(latencies) * 1000
-    served = {"requests": len(latencies), "images_per_request": per, "image": what, "failures": len(failures),
-              "failure_kinds": sorted(set(map(str, failures))), "seconds": seconds,
-              "images_per_s": len(latencies) * per / seconds, "p50_ms": float(np.percentile(ms, 50)),
-              "p95_ms": float(np.percentile(ms, 95)), "inference_calls": calls, "mean_batch": mean_batch,
+    if args.client == "wrk":
+        n, seconds, p50, p95 = figures["requests"], figures["seconds"], figures["p50_ms"], figures["p95_ms"]
+        failures = ["connection"] * figures["errors"] + ["status"] * figures["status_errors"]
+    else:
+        ms = np.array(latencies) * 1000
+        n, p50, p95 = len(latencies), float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+    served = {"client": args.client, "requests": n, "images_per_request": per, "image": what,
+              "failures": len(failures), "failure_kinds": sorted(set(map(str, failures))), "seconds": seconds,
+              "images_per_s": n * per / seconds, "p50_ms": p50, "p95_ms": p95, "inference_calls": calls,
+              "mean_batch": mean_batch,
               "decode_seconds": info["decode_seconds"] - before["decode_seconds"],
               "inference_seconds": info["inference_seconds"] - before["inference_seconds"],
               "server_cpu_seconds": server_cpu, "client_cpu_seconds": client_cpu,
               "runtime": info["runtime"], "runtime_reason": info["runtime_reason"]}
     # bench: the runtime the server's workers ran at each size (their runner nearest it), in this
     # process on every core, as `bench` times it, the server stopped
-    pre = meta.preprocess
     sizes = sorted({max(1, round(mean_batch)), min(args.concurrency * per, 32)})
-    x = normalize(sample_images(meta, 1), pre.mean, pre.std)
+    x = sample_images(meta, 1).permute(0, 2, 3, 1).numpy()  # uint8 pixels, as the workers' engines take them
     runners = {int(b): lbl for b, lbl in info["runners"].items()}
     benched = {}
     for b in sizes:
         label = runners[nearest(runners, b)]
-        engine = make_engine(model, meta, *label.split(), args.checkpoint)
-        benched[b] = {**measure({"engine": engine}, x.repeat(b, 1, 1, 1), args.bench_seconds)["engine"],
+        engine = make_engine(model, meta, *label.split(), args.checkpoint, pixels=True)
+        benched[b] = {**measure({"engine": engine}, repeat(x, b), args.bench_seconds)["engine"],
                       "runtime": label}
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "checkpoint": args.checkpoint,
               "machine": cpu_name(), "concurrency": args.concurrency, "threads": torch.get_num_threads(),

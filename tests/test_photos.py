@@ -184,3 +184,29 @@ def test_the_fast_jpeg_path_gives_pils_pixels_and_leaves_it_the_rest(monkeypatch
     assert images._decode_jpeg(damaged, 3, 32) is None
     with pytest.raises(OSError):  # PIL's own error, as before
         images.decode(damaged, 32)
+
+
+def test_resizing_is_pils_filter_within_two_levels_and_pils_own_past_a_6x_shrink():
+    """PyTorch's uint8 antialiased bilinear kernel stands in for PIL's resize (faster) where PIL
+    would not first reduce() the image; past that, PIL's own resize, pixel for pixel."""
+    import squeezenet.data.images as images
+
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (200, 267, 3), np.uint8)).filter(ImageFilter.GaussianBlur(1.5))
+
+    def pil(im, size):
+        w, h = im.size
+        s = size / min(w, h)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.asarray(im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0).crop((left, top, left + size,
+                                                                                          top + size)))
+    for im in (photo, photo.convert("L")):
+        for size in (24, 32, 100, 160, 224, 256):
+            ours, theirs = images.resize_crop(np.asarray(im), size), pil(im, size)
+            assert ours.shape == theirs.shape == (size, size, *((3,) if im.mode == "RGB" else ()))
+            diff = np.abs(ours.astype(int) - theirs)
+            if 200 / size >= 6:
+                assert diff.max() == 0, (im.mode, size)
+            else:
+                assert diff.max() <= 2 and (diff > 0).mean() < 0.05, (im.mode, size, diff.max())

@@ -431,7 +431,7 @@ def test_batches_run_on_several_streams_at_once_and_a_bad_upload_stays_out(ckpt,
     assert isinstance(results[-1], BadUpload) and results[-1].status == 400
     assert all(len(r) == 1 and [t["index"] for t in r[0]] == [1, 0] for r in results[:-1])  # top-2, per image
     assert batcher.images == 6
-    assert all(tuple(s[1:]) == (3, 32, 32) and s[0] <= 4 for s in seen)
+    assert all(tuple(s[1:]) == (32, 32, 3) and s[0] <= 4 for s in seen)  # the pixels, as decoded
 
 
 def test_a_runtime_that_fails_gives_its_batch_a_json_500(ckpt, pixels):

@@ -171,6 +171,40 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAU
     return proto.SerializeToString()
 
 
+def pixel_input(model_bytes_or_path, mean, std) -> bytes:
+    """The ONNX model (float NCHW input ``images``, normalised) behind a uint8 (N, H, W, C) input
+    of the same name: the transpose, the cast and (x / 255 - mean) / std as its first nodes. A
+    server hands the runtime its decoded pixels as they are: normalising them in NumPy or PyTorch
+    cost a 224-px image more than the runtime's fused ops (benchmarks/RESULTS.md#serving)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = model_bytes_or_path
+    proto = onnx.load(str(source)) if isinstance(source, (str, Path)) else onnx.load_from_string(source)
+    graph = proto.graph
+    (old,) = graph.input
+    shape = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]  # N, C, H, W
+    old.name, c = "normalised", len(mean)
+    for n in graph.node:
+        for j, i in enumerate(n.input):
+            if i == "images":
+                n.input[j] = "normalised"
+    scale = helper.make_tensor("pixel_scale", TensorProto.FLOAT, [1, c, 1, 1], [1 / (255 * s) for s in std])
+    shift = helper.make_tensor("pixel_shift", TensorProto.FLOAT, [1, c, 1, 1], [-m / s for m, s in zip(mean, std)])
+    graph.initializer.extend([scale, shift])
+    nodes = [helper.make_node("Transpose", ["images"], ["pixels_nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["pixels_nchw"], ["pixels_float"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["pixels_float", "pixel_scale"], ["pixels_scaled"]),
+             helper.make_node("Add", ["pixels_scaled", "pixel_shift"], ["normalised"])]
+    nodes += list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.remove(old)
+    graph.input.append(helper.make_tensor_value_info("images", TensorProto.UINT8,
+                                                     [shape[0], shape[2], shape[3], shape[1]]))
+    return proto.SerializeToString()
+
+
 def ort_session(model_bytes_or_path, threads: int | None = None):
     import onnxruntime as ort
 

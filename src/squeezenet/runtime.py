@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from .checkpoint import resolve_checkpoint
+from .data import normalize
 from .device import cpu_name
 from .errors import SqueezeNetError, UsageError
-from .export import default_out, onnx_bytes, openvino_bf16, openvino_model, ort_session
+from .export import default_out, onnx_bytes, openvino_bf16, openvino_model, ort_session, pixel_input
 from .files import atomic_path, cache_dir, write_text_atomic
 from .quantize import INT8_MAX_DROP, file_digest, record_path
 from .runs import RunMeta
@@ -144,33 +145,49 @@ def fp32_onnx(model, meta: RunMeta, checkpoint=None):
 
 
 def build(runtime: str, precision: str, model, meta: RunMeta, checkpoint=None, int8: Int8Model | None = None,
-          threads: int | None = None, streams: int = 1):
+          threads: int | None = None, streams: int = 1, pixels: bool = False):
     """A function from a normalised NCHW float batch (torch) to logits (numpy), ``streams`` calls at
-    once; ``threads``: the runtime's threads per call (torch: the process's)."""
+    once; ``threads``: the runtime's threads per call (torch: the process's). ``pixels``: from the
+    decoded uint8 pixels instead, (N, H, W, C) numpy, normalised inside the ONNX runtimes' graph."""
+    pre = meta.preprocess
     if runtime == "torch":
         model = model.eval().to(memory_format=torch.channels_last)
 
         def run(x):
+            if pixels:
+                x = normalize(torch.from_numpy(x).permute(0, 3, 1, 2), pre.mean, pre.std)
             with torch.no_grad():
                 return model(x.contiguous(memory_format=torch.channels_last)).numpy()
         return run
     source = int8.path if precision == "int8" else fp32_onnx(model, meta, checkpoint)
+    if pixels:
+        source = pixel_input(source, pre.mean, pre.std)
+    as_array = (lambda x: x) if pixels else (lambda x: x.contiguous().numpy())
     if runtime == "onnxruntime":
         session = ort_session(source, threads)
-        return lambda x: session.run(None, {"images": x.contiguous().numpy()})[0]
+        return lambda x: session.run(None, {"images": as_array(x)})[0]
     infer = openvino_model(source, precision, threads, streams)
 
     def run(x):
-        return np.asarray(infer(x.contiguous().numpy()))
+        return np.asarray(infer(as_array(x)))
     run.openvino = infer
     return run
+
+
+def example_batch(meta: RunMeta, n: int, pixels: bool = False):
+    """``n`` random images as the runners take them: the speed of a dense CNN does not depend on the pixels."""
+    pre, g = meta.preprocess, torch.Generator().manual_seed(0)
+    if pixels:
+        return torch.randint(0, 256, (n, pre.image_size, pre.image_size, pre.in_channels), generator=g,
+                             dtype=torch.uint8).numpy()
+    return torch.randn(n, pre.in_channels, pre.image_size, pre.image_size, generator=g)
 
 
 def label(runtime: str, precision: str) -> str:
     return f"{runtime} {precision}"
 
 
-def machine_key(model_digest: str, cands, threads: int | None = None) -> str:
+def machine_key(model_digest: str, cands, threads: int | None = None, pixels: bool = False) -> str:
     """What a measured choice depends on: the CPU, the threads, the runtimes' versions, the model."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -180,16 +197,23 @@ def machine_key(model_digest: str, cands, threads: int | None = None) -> str:
         except PackageNotFoundError:
             return None
     parts = [CHOICE_VERSION, cpu_name(), os.cpu_count(), threads or torch.get_num_threads(), model_digest,
-             sorted(cands),
+             sorted(cands), "pixels" if pixels else "float",
              {p: v(p) for p in ("torch", "onnxruntime", "openvino")}]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:24]
 
 
-def measure_candidates(fns: dict, x: torch.Tensor, seconds: float = CALIB_SECONDS) -> dict:
+def repeat(x, b: int):
+    """The batch ``x`` (torch or numpy) repeated to ``b`` images."""
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])))
+    return x.repeat(math.ceil(b / len(x)), 1, 1, 1)[:b].contiguous()
+
+
+def measure_candidates(fns: dict, x, seconds: float = CALIB_SECONDS) -> dict:
     """images/s of each candidate at each of ``CALIB_BATCHES`` (``x`` repeated to the size)."""
     out = {}
     for b in CALIB_BATCHES:
-        xb = x.repeat(math.ceil(b / len(x)), 1, 1, 1)[:b].contiguous()
+        xb = repeat(x, b)
         out[str(b)] = {name: r["images_per_s"] for name, r in measure(fns, xb, seconds).items()}
     return out
 
@@ -201,13 +225,15 @@ def nearest(sizes, n: int) -> int:
 
 @dataclass
 class Engine:
-    """Logits (numpy) for a normalised NCHW float batch, each batch on the runner chosen for its size."""
+    """Logits (numpy) for a normalised NCHW float batch (torch), or for uint8 (N, H, W, C) pixels
+    (numpy) where ``pixels``, each batch on the runner chosen for its size."""
 
     runners: dict[int, tuple[str, object]]  # measured batch size -> (candidate label, function)
     reason: str
     measured: dict | None = None
+    pixels: bool = False
 
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
+    def __call__(self, x) -> np.ndarray:
         return self.runners[self.nearest(len(x))][1](x)
 
     def compile_in_background(self) -> None:
@@ -233,30 +259,30 @@ class Engine:
 
 
 def make_engine(model, meta: RunMeta, runtime: str = "auto", precision: str = "auto", checkpoint=None,
-                seconds: float = CALIB_SECONDS, threads: int | None = None, streams: int = 1) -> Engine:
+                seconds: float = CALIB_SECONDS, threads: int | None = None, streams: int = 1,
+                pixels: bool = False) -> Engine:
     """The runtime and precision asked for, or the fastest measured among those allowed, each call
-    on ``threads`` threads (default: the process's), ``streams`` calls at once."""
+    on ``threads`` threads (default: the process's), ``streams`` calls at once; ``pixels``: the
+    engine takes uint8 (N, H, W, C) pixels (``build``)."""
     int8 = find_int8(checkpoint) if precision != "fp32" else Int8Model(None, note="fp32 asked for")
     cands = candidates(runtime, precision, int8)
     if len(cands) == 1:
         rt, pr = cands[0]
-        fn = build(rt, pr, model, meta, checkpoint, int8, threads, streams)
+        fn = build(rt, pr, model, meta, checkpoint, int8, threads, streams, pixels)
         why = "as asked" if runtime != "auto" else "the only one installed"
         note = f"; {int8.note}" if pr != "fp32" else ""
-        return Engine({CALIB_BATCHES[0]: (label(rt, pr), fn)}, f"{why}{note}")
+        return Engine({CALIB_BATCHES[0]: (label(rt, pr), fn)}, f"{why}{note}", pixels=pixels)
     names = {label(rt, pr): (rt, pr) for rt, pr in cands}
     digest = file_digest(resolve_checkpoint(checkpoint)) if checkpoint is not None else \
         hashlib.sha256(b"".join(t.numpy().tobytes() for t in model.state_dict().values())).hexdigest()
     if int8.path is not None:
         digest += file_digest(int8.path)
-    cache = cache_dir() / "runtime" / f"{machine_key(digest, names, threads)}.json"
+    cache = cache_dir() / "runtime" / f"{machine_key(digest, names, threads, pixels)}.json"
     measured = cached_measurement(cache, names)
     fns = {}
     if measured is None:  # time them all; a cached choice builds only the winners
-        fns = {name: build(*names[name], model, meta, checkpoint, int8, threads, streams) for name in names}
-        pre = meta.preprocess  # random images: the speed of a dense CNN does not depend on the pixels
-        x = torch.randn(8, pre.in_channels, pre.image_size, pre.image_size, generator=torch.Generator().manual_seed(0))
-        measured = measure_candidates(fns, x, seconds)
+        fns = {name: build(*names[name], model, meta, checkpoint, int8, threads, streams, pixels) for name in names}
+        measured = measure_candidates(fns, example_batch(meta, 8, pixels), seconds)
         write_text_atomic(cache, json.dumps({"cpu": cpu_name(), "threads": threads or torch.get_num_threads(),
                                              "images_per_s": measured}, indent=2) + "\n")
         how = "measured"
@@ -266,12 +292,12 @@ def make_engine(model, meta: RunMeta, runtime: str = "auto", precision: str = "a
     for b in CALIB_BATCHES:
         best = max(measured[str(b)], key=measured[str(b)].get)
         if best not in fns:
-            fns[best] = build(*names[best], model, meta, checkpoint, int8, threads, streams)
+            fns[best] = build(*names[best], model, meta, checkpoint, int8, threads, streams, pixels)
         runners[b] = (best, fns[best])
     figures = "; ".join(f"batch {b}: " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(
         measured[str(b)].items(), key=lambda kv: -kv[1])) + " img/s" for b in CALIB_BATCHES)
     reason = f"the fastest here, {how} on {cpu_name()} ({figures}; cache {cache}); {int8.note}"
-    return Engine(runners, reason, measured)
+    return Engine(runners, reason, measured, pixels)
 
 
 def cached_measurement(cache: Path, names) -> dict | None:

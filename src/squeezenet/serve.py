@@ -35,7 +35,7 @@ import torch
 from PIL import UnidentifiedImageError
 
 from .checkpoint import load_checkpoint
-from .data import decode, normalize
+from .data import decode
 from .errors import SqueezeNetError, UsageError
 from .predict import top_labels
 from .runs import RunMeta
@@ -149,8 +149,8 @@ class Batcher:
             good += mine
         t1 = time.perf_counter()
         if good:
-            pre = self.meta.preprocess  # normalised once per batch: one vectorised op
-            logits = self.engine(normalize(torch.from_numpy(np.stack(good)), pre.mean, pre.std))
+            # the pixels as decoded, (N, H, W, C): the runtime normalises them, in its graph
+            logits = self.engine(np.stack([a.transpose(1, 2, 0) for a in good]))
             tops, start = top_labels(logits, self.meta.class_names, max(k for _, k in requests)), 0
             for i, (r, (_, k)) in enumerate(zip(results, requests)):
                 if not isinstance(r, BadUpload):
@@ -264,7 +264,7 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     streams = streams or 1
     threads = max(1, len(os.sched_getaffinity(0)) // streams)
     torch.set_num_threads(threads)  # the torch runtime's threads (the others take theirs per session)
-    engine = make_engine(model, meta, runtime, precision, checkpoint, threads=threads, streams=streams)
+    engine = make_engine(model, meta, runtime, precision, checkpoint, threads=threads, streams=streams, pixels=True)
     engine.compile_in_background()
     log.info(f"runtime: {engine.name}, {streams} stream(s) of {threads} thread(s) ({engine.reason})")
     batcher = Batcher(engine, meta, max_batch, max_wait_ms, streams, counters)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import torch
 from PIL import Image, ImageOps
 
 from ..errors import SqueezeNetError
@@ -24,8 +25,9 @@ MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # Folders that photo tools and file systems add beside the images: never classes, never images.
 SKIPPED_FOLDERS = {"@eaDir", "__MACOSX", ".AppleDouble", ".thumbnails", "#recycle", "lost+found"}
-DECODER_VERSION = 2  # bump when decoding changes, so that cached pixels are rebuilt
+DECODER_VERSION = 3  # bump when decoding changes, so that cached pixels are rebuilt
 JPEG_START = b"\xff\xd8"
+RESIZE_REDUCING_GAP = 3.0  # PIL's: a shrink of 2x this or more first reduce()s by whole factors
 
 
 def decoders() -> str:
@@ -63,16 +65,27 @@ def open_rgb(path: Path, channels: int = 3, draft: int | None = None) -> Image.I
         return im if im.mode == mode else im.convert(mode)  # convert() copies even to the same mode
 
 
-def resize_crop(im: Image.Image, size: int) -> Image.Image:
-    """Shorter side resized to ``size`` (antialiased), then the centre ``size`` x ``size`` square."""
-    w, h = im.size
+def resize_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W[, C]) uint8 pixels: the shorter side resized to ``size`` (bilinear, antialiased), then
+    the centre ``size`` x ``size`` square. By PyTorch's uint8 kernel where PIL's resize would not
+    first ``reduce()`` (a shrink under 6x): PIL's filter in 2-3x less time, within 2 levels of its
+    pixels (benchmarks/RESULTS.md#serving); PIL otherwise."""
+    h, w = arr.shape[:2]
     if (w, h) == (size, size):
-        return im
+        return arr
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    if max(w / nw, h / nh) >= 2 * RESIZE_REDUCING_GAP:
+        im = Image.fromarray(arr).resize((nw, nh), Image.BILINEAR, reducing_gap=RESIZE_REDUCING_GAP)
+        return np.asarray(im.crop((left, top, left + size, top + size)))
+    if not (arr.flags.writeable and arr.flags.c_contiguous):  # PIL's arrays are read-only views
+        arr = np.array(arr)
+    x = torch.from_numpy(arr).view(h, w, -1).permute(2, 0, 1)[None]  # channels last
+    with torch.inference_mode():
+        y = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True)
+    y = y[0, :, top:top + size, left:left + size].permute(1, 2, 0).numpy()
+    return y[..., 0] if arr.ndim == 2 else y
 
 
 def decode(source, image_size: int, channels: int = 3, resize_size: int | None = None) -> np.ndarray:
@@ -85,15 +98,12 @@ def decode(source, image_size: int, channels: int = 3, resize_size: int | None =
         with open(source, "rb") as f:
             data = JPEG_START + f.read() if f.read(2) == JPEG_START else None
     arr = _decode_jpeg(data, channels, resize_size) if data and data[:2] == JPEG_START else None
-    if arr is not None and arr.shape[:2] == (resize_size, resize_size) == (image_size, image_size):
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # at the model's size already
-    im = Image.fromarray(arr) if arr is not None else \
-        open_rgb(io.BytesIO(data) if data is not None else source, channels, draft=resize_size)
-    im = resize_crop(im, resize_size)
+    if arr is None:
+        arr = np.asarray(open_rgb(io.BytesIO(data) if data is not None else source, channels, draft=resize_size))
+    arr = resize_crop(arr, resize_size)
     if resize_size != image_size:
         left = (resize_size - image_size) // 2
-        im = im.crop((left, left, left + image_size, left + image_size))
-    arr = np.asarray(im, dtype=np.uint8)
+        arr = arr[left:left + image_size, left:left + image_size]
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -195,8 +205,6 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 def load_image_files(paths, image_size: int, channels: int, resize_size: int | None = None):
     """(uint8 tensor, names) of images for ``predict``, decoded as training data is; an unreadable
     one raises, naming it."""
-    import torch
-
     arrays, paths = [], [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
