@@ -167,7 +167,7 @@ def wrk(port: int, body, concurrency: int, seconds: float, folder: Path) -> dict
     (folder / "body").write_bytes(data)
     (folder / "post.lua").write_text(WRK_SCRIPT)
     env = {**os.environ, "SQUEEZENET_BODY": str(folder / "body"), "SQUEEZENET_CTYPE": ctype}
-    proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
+    proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                              "-s", str(folder / "post.lua"), f"http://127.0.0.1:{port}/predict"],
                             stdout=subprocess.PIPE, text=True, env=env)
     out = proc.communicate(timeout=seconds + 60)[0]
