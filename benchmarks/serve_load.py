@@ -2,19 +2,20 @@
 
     PYTHONPATH=src python benchmarks/serve_load.py CHECKPOINT [--requests 2000] [--concurrency 16]
         [--images-per-request 1] [--image PHOTO] [--max-seconds 120] [--runtime auto]
-        [--precision auto] [--warmup 500] [--json FILE]
+        [--precision auto] [--warmup 500] [--client python|wrk] [--json FILE]
 
 Starts the server on 127.0.0.1 (a free port), waits for /health, sends --warmup requests (and
 more while the workers compile batch sizes they met), then --requests POST /predict over the same
 --concurrency keep-alive connections (--images-per-request JPEGs each, as the body or a multipart
 form; stopping at --max-seconds whatever is left), reads /model for the runtime and how many
-inference calls it made, stops the server with SIGTERM, then times the runtime its workers ran at
-each size in this process on every core (``timing.measure``, as ``bench`` does, on uint8 pixels
-as the workers run it: normalised in its graph) at the server's
-mean batch size and at the images in flight (at most 32). The image is --image, or one from the
-checkpoint's evaluation data at the model's size (random pixels where that data is absent), sent
-as a JPEG of quality 90. The server's and the load client's CPU seconds are reported: on a small
-machine they share the cores. Loopback only; bounded in count and time.
+inference calls it made, stops the server with SIGTERM, then times the runtime its workers ran
+(on uint8 pixels, normalised in its graph, as they run it) in this process on every core
+(``timing.measure``, as ``bench`` does) at the server's mean batch size and at the images in
+flight (at most 32). ``--client wrk`` sends the timed requests from wrk for --wrk-seconds.
+The image is --image, or one from the checkpoint's evaluation data at the model's size (random
+pixels where that data is absent), sent as a JPEG of quality 90. The server's and the load
+client's CPU seconds are reported: on a small machine they share the cores. Loopback only;
+bounded in count and time.
 """
 
 from __future__ import annotations

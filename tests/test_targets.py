@@ -673,3 +673,22 @@ def test_executorch_int8(cli, executorch, ckpt, tmp_path):
     assert r["bytes"] == out.stat().st_size and r["eval_count"] == 16 and abs(r["top1_drop"]) <= 25
     assert r["agreement_top1"] >= 0.75
     assert cli("export", ckpt, "--format", "executorch", "--precision", "bf16", "--out", out)[0] == 2
+
+
+def test_engines_on_decoded_pixels_give_the_float_engines_logits(ckpt):
+    """serve hands the runtime uint8 (N, H, W, C) pixels, normalised in its graph: the same logits
+    as the normalised float batch."""
+    from squeezenet import runtime
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.data import normalize
+    from squeezenet.export import sample_images
+
+    model, meta = load_checkpoint(ckpt)
+    u8 = sample_images(meta, 4)
+    x, pixels = normalize(u8, meta.preprocess.mean, meta.preprocess.std), u8.permute(0, 2, 3, 1).contiguous().numpy()
+    for rt in ("torch", "onnxruntime", "openvino"):
+        a = runtime.build(rt, "fp32", model, meta, ckpt)(x)
+        b = runtime.build(rt, "fp32", model, meta, ckpt, pixels=True)(pixels)
+        assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all(), rt
+    engine = runtime.make_engine(model, meta, "onnxruntime", "fp32", ckpt, pixels=True)
+    assert engine.pixels and engine(pixels).shape == (4, len(meta.class_names))
