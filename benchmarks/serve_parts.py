@@ -1,5 +1,6 @@
 """What a served request costs, part by part, on one core: decoding an upload (PIL against
-libjpeg-turbo from the bytes), and OpenVINO at a fixed and at a varying batch size, on its
+libjpeg-turbo from the bytes), resizing (PIL against PyTorch's uint8 kernel), normalising outside
+the model against in its graph, and OpenVINO at a fixed and at a varying batch size, on its
 dynamic-shape model against one compiled per batch size.
 
     PYTHONPATH=src python benchmarks/serve_parts.py CHECKPOINT [--image PHOTO] [--json FILE]
@@ -20,13 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
+from PIL import Image
 
 import squeezenet.data.images as images
 from squeezenet.checkpoint import load_checkpoint
 from squeezenet.data import normalize
 from squeezenet.data.images import decode
 from squeezenet.device import cpu_name
-from squeezenet.export import onnx_bytes, openvino_model, sample_inputs
+from squeezenet.export import onnx_bytes, openvino_model, pixel_input, sample_images, sample_inputs
 from squeezenet.runtime import find_int8
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,6 +82,17 @@ def main() -> int:
     batch = [decode(data, pre.image_size, pre.in_channels, pre.resize_size) for _ in range(8)]
     decoding["normalise_us_per_image"] = per_call_us(
         lambda: normalize(torch.from_numpy(np.stack(batch)), pre.mean, pre.std)) / 8
+    # what serve does instead: the decoded pixels stacked as they are, normalised in the runtime's graph
+    decoding["stack_pixels_us_per_image"] = per_call_us(lambda: np.stack([a.transpose(1, 2, 0) for a in batch])) / 8
+    full = simplejpeg.decode_jpeg(data, "rgb" if pre.in_channels == 3 else "gray")
+    full = full[..., 0] if pre.in_channels == 1 else full
+    size = pre.resize_size or pre.image_size
+    w, h = full.shape[1], full.shape[0]
+    nw, nh = max(size, round(w * size / min(w, h))), max(size, round(h * size / min(w, h)))
+    im = Image.fromarray(full)
+    decoding["resize"] = {"from": f"{w}x{h}", "to": f"{nw}x{nh}",
+                          "pil_us": per_call_us(lambda: im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)),
+                          "torch_uint8_us": per_call_us(lambda: images.resize_crop(full, size))}
 
     int8 = find_int8(args.checkpoint)
     if int8.path is not None:
@@ -93,6 +107,15 @@ def main() -> int:
     dynamic = static.dynamic  # the same compiled dynamic-shape model, without the per-size ones
     openvino = {name: {"dynamic_img_s": images_per_s(dynamic, x, sizes),
                        "per_size_img_s": images_per_s(static, x, sizes)} for name, sizes in patterns.items()}
+    pixels = np.ascontiguousarray(np.repeat(sample_images(meta, 1).permute(0, 2, 3, 1).numpy(), 16, axis=0))
+    pixel_model = openvino_model(pixel_input(source, pre.mean, pre.std), precision, threads=1)
+    u8 = [a.transpose(2, 0, 1) for a in pixels[:8]]  # as decode returns them
+    for _ in range(2):  # the second call compiles batch 8
+        pixel_model(pixels[:8])
+    openvino["batch 8 from decoded pixels"] = {
+        "normalised_outside_us": per_call_us(lambda: static(normalize(torch.from_numpy(np.stack(u8)), pre.mean,
+                                                                     pre.std).numpy())),
+        "in_graph_us": per_call_us(lambda: pixel_model(np.stack([a.transpose(1, 2, 0) for a in u8])))}
     request = dynamic.compiled.create_infer_request()
     calls = {"infer_us": per_call_us(lambda: request.infer([x[:8]])[0]),
              "tensor_api_us": per_call_us(lambda: dynamic(x[:8]))}

@@ -556,7 +556,7 @@ def deploy_defaults(t: dict) -> str:
 SERVED = (("serve-cifar10.json", "CIFAR-10 recipe, 32 px"),
           ("serve-cifar10-wrk.json", "CIFAR-10 recipe, 32 px, load from wrk"),
           ("serve-cifar10-16.json", "CIFAR-10 recipe, 32 px"),
-          ("serve-v11-224.json", "v1.1 at 224 px, random weights (float input, commit 5a8852c)"),
+          ("serve-v11-224.json", "v1.1 at 224 px, random weights"),
           ("serve-iw-v11-224.json", "v1.1 at 224 px, trained"))
 
 

@@ -539,6 +539,7 @@ def test_serve_health_model_and_page(server):
     status, info = request(server, "GET", "/model")
     assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
     assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 200000
+    assert request(server, "GET", "/predict")[0] == 405  # POST only, on the fast path as through Starlette
     cores = len(os.sched_getaffinity(0))
     workers = min(cores, 4)  # one process per core, each on its own share of the cores
     assert (info["workers"], info["streams"], info["threads_per_stream"]) == (workers, 1, max(1, cores // workers))
@@ -569,12 +570,24 @@ def test_serve_batches_concurrent_requests_and_a_bad_upload_harms_none(server, p
     assert 1 <= calls < 12  # batched: fewer inference calls than requests
 
 
+def test_serve_a_client_gone_mid_upload_harms_no_other(server, pixels, python_predictions):
+    body = pixels[0].read_bytes()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server), timeout=30) as s:
+            s.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+    status, r = request(server, "POST", "/predict?top_k=2", body, {"Content-Type": "image/png"})
+    assert status == 200
+    agree(r["predictions"][0]["top"], python_predictions[str(pixels[0])], 1e-4)
+
+
 @pytest.mark.parametrize("body, headers, path, status, message", [
     (b"x" * 300_000, {"Content-Type": "image/png"}, "/predict", 413, "over the limit"),
     (b"hello", {"Content-Type": "text/plain"}, "/predict", 415, "unsupported Content-Type"),
     (b"", {"Content-Type": "image/png"}, "/predict", 400, "no image in the request"),
     (b"GIF89a", {"Content-Type": "image/gif"}, "/predict", 400, "cannot decode image"),
     (b"x", {"Content-Type": "image/png"}, "/predict?top_k=0", 400, "top_k"),
+    (b"x", {"Content-Type": "image/png"}, "/predict?top_k=two", 400, "got 'two'"),
 ])
 def test_serve_bad_uploads_get_a_json_4xx(server, body, headers, path, status, message):
     got, r = request(server, "POST", path, body, headers)

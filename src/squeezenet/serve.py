@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import torch
@@ -50,6 +52,13 @@ MAX_WAIT_MS = 5.0
 DRAIN_SECONDS = 30  # on SIGTERM, how long requests in flight may take to finish
 # per worker, summed over workers by /model; the last is a gauge: batch sizes OpenVINO is compiling
 COUNTERS = ("inference_calls", "images", "decode_seconds", "inference_seconds", "compiling")
+
+
+try:  # the serve extra's JSON writer: on a service of a small model the json module's time shows
+    from orjson import dumps
+except ImportError:
+    def dumps(content) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def require_serve() -> None:
@@ -194,26 +203,37 @@ class Batcher:
                 f.set_exception(r) if isinstance(r, Exception) else f.set_result(r)
 
 
-async def read_body(request, max_bytes: int):
+class Gone(Exception):
+    """The client closed its connection before its request was read."""
+
+
+async def read_body(receive, max_bytes: int):
     """The request body as it streams in, refused once it passes ``max_bytes``."""
-    total = 0
-    async for chunk in request.stream():
+    total, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Gone
+        chunk, more = message.get("body", b""), message.get("more_body", False)
         total += len(chunk)
         if total > max_bytes:
             raise BadUpload(413, f"the upload is over the limit of {max_bytes:,} bytes")
-        yield chunk
+        if chunk:
+            yield chunk
 
 
-async def uploads(request, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
+async def uploads(scope, receive, max_bytes: int, max_images: int) -> list[tuple[str, bytes]]:
     """(name, bytes) of each image in the request: the raw body, or every file of a multipart form."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    headers = dict(scope["headers"])  # ASGI gives the names lower-cased
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > max_bytes:
         raise BadUpload(413, f"the upload ({int(length):,} bytes) is over the limit of {max_bytes:,} bytes")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        parser = MultiPartParser(request.headers, read_body(request, max_bytes), max_files=max_images,
+        from starlette.datastructures import Headers
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        parser = MultiPartParser(Headers(scope=scope), read_body(receive, max_bytes), max_files=max_images,
                                  max_fields=max_images)
         try:
             form = await parser.parse()
@@ -222,7 +242,7 @@ async def uploads(request, max_bytes: int, max_images: int) -> list[tuple[str, b
         files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if not isinstance(v, str)]
         await form.close()
     elif ctype in ("", "application/octet-stream") or ctype.startswith("image/"):
-        files = [("image", b"".join([c async for c in read_body(request, max_bytes)]))]
+        files = [("image", b"".join([c async for c in read_body(receive, max_bytes)]))]
     else:
         raise BadUpload(415, f"unsupported Content-Type {ctype!r}: send the image's bytes (image/*) or a "
                              f"multipart/form-data form with image files")
@@ -232,6 +252,60 @@ async def uploads(request, max_bytes: int, max_images: int) -> list[tuple[str, b
     if len(files) > max_images:
         raise BadUpload(413, f"{len(files)} images in one request: at most {max_images}")
     return files
+
+
+def top_k(scope) -> int:
+    """``?top_k=K`` (5 where absent); ``BadUpload`` where it is not a whole number of at least 1."""
+    query = scope.get("query_string", b"")
+    values = parse_qs(query.decode("latin-1")).get("top_k", ["5"]) if query else ["5"]
+    try:
+        k = int(values[-1])
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise BadUpload(400, f"top_k must be a whole number of at least 1, got {values[-1]!r}")
+    return k
+
+
+async def send_json(send, status: int, content) -> None:
+    body = dumps(content)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Predict:
+    """``POST /predict`` as a plain ASGI callable. A small model answers a request in a fraction of
+    a millisecond, so what a framework adds to each counts: POST /predict reaches this before
+    Starlette's middleware, router, Request and JSONResponse, and it writes its JSON itself
+    (what that saves: benchmarks/RESULTS.md#serving)."""
+
+    def __init__(self, batcher: Batcher, runtime_name: str, max_bytes: int, max_images: int):
+        self.batcher, self.runtime_name, self.max_bytes, self.max_images = batcher, runtime_name, max_bytes, max_images
+
+    async def __call__(self, scope, receive, send) -> None:
+        t0 = time.perf_counter()
+        batcher = self.batcher
+        if scope["method"] != "POST":
+            return await send_json(send, 405, {"error": "POST images to /predict", "status": 405})
+        try:
+            k = top_k(scope)
+            batcher.arriving += 1
+            try:
+                files = await uploads(scope, receive, self.max_bytes, self.max_images)
+            finally:
+                batcher.arriving -= 1
+            tops = await batcher.infer(files, k)
+        except Gone:
+            return
+        except BadUpload as e:
+            return await send_json(send, e.status, {"error": str(e), "status": e.status})
+        except Exception as e:  # the runtime failed on this batch: said in the log and to each of its requests
+            log.error(f"inference failed: {type(e).__name__}: {e}")
+            message = f"inference failed: {type(e).__name__}: {str(e)[:200]}"
+            return await send_json(send, 500, {"error": message, "status": 500})
+        await send_json(send, 200, {"predictions": [{"image": name, "top": top} for (name, _), top in zip(files, tops)],
+                                    "runtime": self.runtime_name, "ms": (time.perf_counter() - t0) * 1000})
 
 
 def decode_upload(data: bytes, name: str, meta: RunMeta) -> np.ndarray:
@@ -274,29 +348,6 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status)
 
-    async def predict(request):
-        t0 = time.perf_counter()
-        try:
-            k = int(request.query_params.get("top_k", "5"))
-            if k < 1:
-                raise ValueError
-        except ValueError:
-            return error(400, f"top_k must be a whole number of at least 1, got {request.query_params['top_k']!r}")
-        try:
-            batcher.arriving += 1
-            try:
-                files = await uploads(request, max_bytes, max_images)
-            finally:
-                batcher.arriving -= 1
-            tops = await batcher.infer(files, k)
-        except BadUpload as e:
-            return error(e.status, str(e))
-        except Exception as e:  # the runtime failed on this batch: said in the log and to each of its requests
-            log.error(f"inference failed: {type(e).__name__}: {e}")
-            return error(500, f"inference failed: {type(e).__name__}: {str(e)[:200]}")
-        return JSONResponse({"predictions": [{"image": name, "top": top} for (name, _), top in zip(files, tops)],
-                             "runtime": runtime_name, "ms": (time.perf_counter() - t0) * 1000})
-
     async def health(request):
         return JSONResponse({"status": "ok"})
 
@@ -322,25 +373,29 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
         yield
         await batcher.stop()
 
-    routes = [Route("/predict", predict, methods=["POST"]), Route("/health", health), Route("/model", describe)]
+    predict = Predict(batcher, runtime_name, max_bytes, max_images)
+    routes = [Route("/health", health), Route("/model", describe)]
     routes.append(Mount("/", StaticFiles(directory=site, html=True)) if site is not None else Route("/", no_page))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.engine, app.state.batcher = engine, batcher
-    return _isolated(app) if site is not None else app
+    return _front(predict, app, isolate=site is not None)
 
 
-def _isolated(app):
-    """COOP/COEP headers: a cross-origin-isolated page may run onnxruntime-web's threads."""
-    async def wrapped(scope, receive, send):
+def _front(predict: Predict, app, isolate: bool):
+    """The ASGI app: /predict straight to ``predict``; the rest through Starlette, with the
+    COOP/COEP headers under which the page may run onnxruntime-web's threads where it is served."""
+    async def front(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/predict":
+            return await predict(scope, receive, send)
+
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"cross-origin-opener-policy", b"same-origin"),
+                message["headers"] = [*message.get("headers", []), (b"cross-origin-opener-policy", b"same-origin"),
                                       (b"cross-origin-embedder-policy", b"require-corp")]
             await send(message)
-        await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
-    wrapped.state = app.state
-    return wrapped
+        await app(scope, receive, send_with_headers if isolate and scope["type"] == "http" else send)
+    front.state = app.state
+    return front
 
 
 def build_site(checkpoint, ort_web=None) -> tuple[Path | None, str]:
