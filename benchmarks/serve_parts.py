@@ -88,10 +88,11 @@ def main() -> int:
     full = full[..., 0] if pre.in_channels == 1 else full
     size = pre.resize_size or pre.image_size
     w, h = full.shape[1], full.shape[0]
-    nw, nh = max(size, round(w * size / min(w, h))), max(size, round(h * size / min(w, h)))
+    nw, nh = images.resized(w, h, size)
     im = Image.fromarray(full)
     decoding["resize"] = {"from": f"{w}x{h}", "to": f"{nw}x{nh}",
-                          "pil_us": per_call_us(lambda: im.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)),
+                          "pil_us": per_call_us(lambda: im.resize((nw, nh), Image.BILINEAR,
+                                                                  reducing_gap=images.RESIZE_REDUCING_GAP)),
                           "torch_uint8_us": per_call_us(lambda: images.resize_crop(full, size))}
 
     int8 = find_int8(args.checkpoint)

@@ -274,6 +274,10 @@ async def send_json(send, status: int, content) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def error_body(status: int, message: str) -> dict:
+    return {"error": message, "status": status}
+
+
 class Predict:
     """``POST /predict`` as a plain ASGI callable. A small model answers a request in a fraction of
     a millisecond, so what a framework adds to each counts: POST /predict reaches this before
@@ -287,7 +291,7 @@ class Predict:
         t0 = time.perf_counter()
         batcher = self.batcher
         if scope["method"] != "POST":
-            return await send_json(send, 405, {"error": "POST images to /predict", "status": 405})
+            return await send_json(send, 405, error_body(405, "POST images to /predict"))
         try:
             k = top_k(scope)
             batcher.arriving += 1
@@ -299,11 +303,10 @@ class Predict:
         except Gone:
             return
         except BadUpload as e:
-            return await send_json(send, e.status, {"error": str(e), "status": e.status})
+            return await send_json(send, e.status, error_body(e.status, str(e)))
         except Exception as e:  # the runtime failed on this batch: said in the log and to each of its requests
             log.error(f"inference failed: {type(e).__name__}: {e}")
-            message = f"inference failed: {type(e).__name__}: {str(e)[:200]}"
-            return await send_json(send, 500, {"error": message, "status": 500})
+            return await send_json(send, 500, error_body(500, f"inference failed: {type(e).__name__}: {str(e)[:200]}"))
         await send_json(send, 200, {"predictions": [{"image": name, "top": top} for (name, _), top in zip(files, tops)],
                                     "runtime": self.runtime_name, "ms": (time.perf_counter() - t0) * 1000})
 
@@ -346,7 +349,7 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     classes, runtime_name = meta.class_names, engine.name
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+        return JSONResponse(error_body(status, message), status_code=status)
 
     async def health(request):
         return JSONResponse({"status": "ok"})

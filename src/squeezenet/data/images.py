@@ -65,6 +65,12 @@ def open_rgb(path: Path, channels: int = 3, draft: int | None = None) -> Image.I
         return im if im.mode == mode else im.convert(mode)  # convert() copies even to the same mode
 
 
+def resized(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) of a w x h image with its shorter side resized to ``size``."""
+    s = size / min(w, h)
+    return max(size, round(w * s)), max(size, round(h * s))
+
+
 def resize_crop(arr: np.ndarray, size: int) -> np.ndarray:
     """(H, W[, C]) uint8 pixels: the shorter side resized to ``size`` (bilinear, antialiased), then
     the centre ``size`` x ``size`` square. By PyTorch's uint8 kernel where PIL's resize would not
@@ -73,8 +79,7 @@ def resize_crop(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = arr.shape[:2]
     if (w, h) == (size, size):
         return arr
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    nw, nh = resized(w, h, size)
     left, top = (nw - size) // 2, (nh - size) // 2
     if max(w / nw, h / nh) >= 2 * RESIZE_REDUCING_GAP:
         im = Image.fromarray(arr).resize((nw, nh), Image.BILINEAR, reducing_gap=RESIZE_REDUCING_GAP)
