@@ -38,11 +38,32 @@ def test_muon_groups_without_normalisation_follow_torch_muon(shape):
     start = torch.randn(shape)
     ours, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
     grads = [[torch.randn(shape)] for _ in range(3)]
-    _steps(MuonSGD([ours], lr=0.02, momentum=0.5, weight_decay=0.1, muon=True, normalize=False), [ours], grads)
+    _steps(MuonSGD([ours], lr=0.02, momentum=0.5, weight_decay=0.1, muon=True, normalize=False,
+                   ns_dtype=torch.bfloat16), [ours], grads)
     _steps(torch.optim.Muon([ref], lr=0.02, momentum=0.5, weight_decay=0.1, nesterov=True,
                             adjust_lr_fn="original"), [ref], grads)
     assert (ours - start).abs().max() > 0.01  # three steps of 0.02 x a semi-orthogonal matrix
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_newton_schulz_runs_in_bf16_only_where_it_is_native(monkeypatch, native):
+    # Emulated bf16 matmuls on a CPU without AVX512-BF16 or AMX cost ~30x fp32's: Muon would
+    # spend most of a training step orthogonalising.
+    import squeezenet.optim as optim
+
+    monkeypatch.setattr(optim, "native_bf16", lambda device: native)
+    torch.manual_seed(0)
+    start, grad = torch.randn(16, 8, 3, 3), torch.randn(16, 8, 3, 3)
+    after = {}
+    for dtype in (None, torch.float32, torch.bfloat16):
+        w = torch.nn.Parameter(start.clone())
+        w.grad = grad.clone()
+        MuonSGD([w], lr=0.1, momentum=0.0, muon=True, ns_dtype=dtype).step()
+        after[dtype] = w.detach()
+    assert torch.equal(after[None], after[torch.bfloat16 if native else torch.float32])
+    assert not torch.equal(after[torch.float32], after[torch.bfloat16])
+    assert torch.allclose(after[torch.float32], after[torch.bfloat16], atol=0.02)
 
 
 def test_muon_step_on_conv_filters_is_orthogonalised_and_normalised():

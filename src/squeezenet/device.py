@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -29,10 +30,15 @@ def _cpu_flags() -> set[str]:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """bf16 autocast only where the hardware computes it natively (AVX512-BF16, AMX, a GPU);
+    """bf16 math only where the hardware computes it natively (AVX512-BF16, AMX, a GPU);
     elsewhere it is slower than fp32. ``torch.cpu``'s checks are private, so they are guarded and
     /proc/cpuinfo is the fallback."""
-    if device.type == "cuda":
+    return _native_bf16(device.type, device.index)
+
+
+@functools.cache  # asked on every optimizer step
+def _native_bf16(kind: str, index: int | None) -> bool:
+    if kind == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

@@ -14,6 +14,7 @@ import math
 import torch
 from torch.optim.sgd import sgd as sgd_step
 
+from .device import native_bf16
 from .model import Fire
 
 # Keller Jordan's quintic (https://kellerjordan.github.io/posts/muon/), as torch.optim.Muon uses it.
@@ -23,11 +24,11 @@ EPS = 1e-7
 
 
 def orthogonalize(g: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = DEFAULT_NS_STEPS,
-                  eps: float = EPS) -> torch.Tensor:
+                  eps: float = EPS, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """About the nearest semi-orthogonal matrix to ``g`` (2-D): ``steps`` Newton-Schulz iterations
-    in bf16, which leave its singular values near 1 (in about [0.5, 1.5], which does not hurt)."""
+    in ``dtype``, which leave its singular values near 1 (in about [0.5, 1.5], which does not hurt)."""
     a, b, c = coefficients
-    x = g.bfloat16()
+    x = g.to(dtype)
     if g.size(0) > g.size(1):
         x = x.T
     x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
@@ -66,10 +67,12 @@ class MuonSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 muon: bool = False, normalize: bool = True, ns_steps: int = DEFAULT_NS_STEPS):
+                 muon: bool = False, normalize: bool = True, ns_steps: int = DEFAULT_NS_STEPS,
+                 ns_dtype: torch.dtype | None = None):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, muon=muon,
                         normalize=normalize, ns_steps=ns_steps)
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype  # None: bf16 where the device computes it natively, else fp32
         for group in self.param_groups:
             if group["muon"] and any(p.ndim < 2 for p in group["params"]):
                 raise ValueError("Muon groups take weight matrices or conv filters (2-D or more)")
@@ -84,7 +87,7 @@ class MuonSGD(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             bufs = [self.state[p].get("momentum_buffer") for p in params]
             if group["muon"]:
-                self._muon_step(group, params, bufs)
+                self._muon_step(group, params, bufs, self.ns_dtype)
             else:
                 sgd_step(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
                          momentum=group["momentum"], lr=group["lr"], dampening=0.0,
@@ -95,7 +98,7 @@ class MuonSGD(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _muon_step(group: dict, params: list, bufs: list) -> None:
+    def _muon_step(group: dict, params: list, bufs: list, ns_dtype: torch.dtype | None) -> None:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         for i, p in enumerate(params):
             g = p.grad
@@ -109,7 +112,10 @@ class MuonSGD(torch.optim.Optimizer):
             elif wd:
                 p.mul_(1 - lr * wd)
             matrix = g.reshape(p.shape[0], -1)
-            update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS)
+            # Newton-Schulz in bf16 as Muon's authors run it, but only where bf16 is native: a CPU
+            # without it emulates bf16 matmuls ~30x slower than fp32 (benchmarks/RESULTS.md#muon-dtype)
+            dtype = ns_dtype or (torch.bfloat16 if native_bf16(p.device) else torch.float32)
+            update = orthogonalize(matrix, NS_COEFFICIENTS, group["ns_steps"], EPS, dtype)
             scale = math.sqrt(max(1.0, matrix.shape[0] / matrix.shape[1]))
             p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
 
