@@ -70,7 +70,8 @@ def in_process_targets(ckpt: Path, tmp: Path, skip_executorch: bool) -> dict:
     if runtime.installed("openvino"):
         for name, path, prec in (("OpenVINO fp32", fp32, "fp32"), ("OpenVINO bf16", fp32, "bf16"),
                                  ("OpenVINO int8", int8, "int8")):
-            targets[name] = (path, openvino_model(path, prec))
+            if prec != "bf16" or runtime.openvino_bf16():  # without bf16 units it would be fp32 again
+                targets[name] = (path, openvino_model(path, prec))
     if not skip_executorch and importlib.util.find_spec("executorch") is not None:
         from squeezenet.mobile import export_executorch, pte_runner
 

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .device import use_all_cores
 from .errors import UsageError
-from .export import onnx_bytes, openvino_model, ort_session
+from .export import onnx_bytes, openvino_bf16, openvino_model, ort_session
 from .quantize import quantize_model
 from .timing import measure
 from .zoo import create_model, list_models
@@ -81,6 +81,8 @@ def _openvino(source: bytes, precision: str, note: str):
 
     if importlib.util.find_spec("openvino") is None:
         return None, "skipped: openvino is not installed (pip install 'squeezenet[openvino]')"
+    if precision == "bf16" and not openvino_bf16():  # OpenVINO's default would be fp32: the row above again
+        return None, "skipped: this CPU has no bf16 units (AMX or AVX512-BF16)"
     infer = openvino_model(source, precision)
     return (lambda x: infer(x.numpy())), note
 
