@@ -38,8 +38,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # What each runtime needs installed, and the extra that installs it.
 NEEDS = {"onnxruntime": (("onnx", "onnxruntime"), "deploy"), "openvino": (("onnx", "openvino"), "openvino")}
 CALIB_BATCHES = (1, 32)
-CALIB_SECONDS = 0.3  # timed seconds per candidate and batch size: enough to rank runtimes 10%+ apart
-CHOICE_VERSION = 2  # bump when the measurement changes, so that cached choices are redone
+CALIB_SECONDS = 0.3  # timed seconds per candidate and batch size: enough to rank runtimes 20%+ apart
+CLOSE = 0.8  # candidates within this of the fastest are timed again, for at least CLOSE_CALLS calls
+CLOSE_CALLS = 8
+CHOICE_VERSION = 3  # bump when the measurement changes, so that cached choices are redone
 
 
 def installed(runtime: str) -> bool:
@@ -210,11 +212,19 @@ def repeat(x, b: int):
 
 
 def measure_candidates(fns: dict, x, seconds: float = CALIB_SECONDS) -> dict:
-    """images/s of each candidate at each of ``CALIB_BATCHES`` (``x`` repeated to the size)."""
+    """images/s of each candidate at each of ``CALIB_BATCHES`` (``x`` repeated to the size). Those
+    within ``CLOSE`` of the fastest are timed again over more calls: where one call takes a
+    quarter second (v1.1 at 224 px, batch 32, on a slow CPU) the first pass is three calls, and
+    runtimes 10% apart swapped places in one of four calibrations (benchmarks/RESULTS.md#calibration)."""
     out = {}
     for b in CALIB_BATCHES:
         xb = repeat(x, b)
-        out[str(b)] = {name: r["images_per_s"] for name, r in measure(fns, xb, seconds).items()}
+        rates = {name: r["images_per_s"] for name, r in measure(fns, xb, seconds, warmup=1, min_iters=2).items()}
+        close = {name: fns[name] for name, v in rates.items() if v >= CLOSE * max(rates.values())}
+        if len(close) > 1:
+            again = measure(close, xb, seconds, slice_s=seconds, warmup=0, min_iters=CLOSE_CALLS)
+            rates.update({name: r["images_per_s"] for name, r in again.items()})
+        out[str(b)] = rates
     return out
 
 
