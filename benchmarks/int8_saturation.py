@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 from squeezenet.checkpoint import load_checkpoint
 from squeezenet.device import cpu_name
 from squeezenet.export import DEFAULT_OPSET, onnx_bytes
-from squeezenet.quantize import ort_accuracy, openvino_accuracy, share_concat_scales, training_images
+from squeezenet.quantize import openvino_accuracy, ort_accuracy, share_concat_scales, training_images
 from squeezenet.splits import eval_data
 
 SETTINGS = {"U8S8, 8-bit weights": dict(weight_type=QuantType.QInt8),
