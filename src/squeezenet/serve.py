@@ -522,8 +522,10 @@ def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready,
     os.sched_setaffinity(0, cpus)
     table = np.frombuffer(shared, dtype=np.float64).reshape(settings["workers"], len(COUNTERS))  # no copy
     try:
-        sock = listen(*address)
         app = create_app(**settings, counters=table[index], totals=lambda: table.sum(axis=0).tolist(), ready=ready)
+        # listening only now: the kernel hands connections to listening sockets only, so none waits
+        # for a worker still loading its runtime, or is reset if the service stops meanwhile
+        sock = listen(*address)
         _run(_server(app, sock))
     except SqueezeNetError as e:
         logger.error(f"error: {e}")
