@@ -510,17 +510,17 @@ def _speed_file(name: str) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _from_targets(table):
-    """A table made from speed/targets.json, closed by the machine and the command that measured it."""
+def _from_targets(table, name: str = "targets.json"):
+    """A table made from speed/``name`` (a run of targets.py), closed by the machine and the command
+    that measured it."""
     def make(_runs: list[dict]) -> str:
-        t = _speed_file("targets.json")
+        t = _speed_file(name)
         if t is None:
             return NOT_MEASURED
         return table(t).replace("{machine}", f"{t['cpu']}, {t['threads']} threads: `{t['command']}`")
     return make
 
 
-@_from_targets
 def deploy(t: dict) -> str:
     """Every target of one trained checkpoint, from one run of benchmarks/targets.py."""
     rows = []
@@ -537,7 +537,6 @@ def deploy(t: dict) -> str:
     return md_table(head, rows) + "\n\n{machine}"
 
 
-@_from_targets
 def deploy_defaults(t: dict) -> str:
     """The default runtime of predict/serve (auto) against the fastest measured, batch 1 and 32."""
     rows = []
@@ -553,17 +552,19 @@ def deploy_defaults(t: dict) -> str:
     return md_table(head, rows) + "\n\n{machine}"
 
 
-SERVED = (("serve-cifar10.json", "CIFAR-10 recipe, 32 px"),
-          ("serve-cifar10-wrk.json", "CIFAR-10 recipe, 32 px, load from wrk"),
-          ("serve-cifar10-16.json", "CIFAR-10 recipe, 32 px"),
-          ("serve-v11-224.json", "v1.1 at 224 px, random weights"),
-          ("serve-iw-v11-224.json", "v1.1 at 224 px, trained"))
+SERVED = (("serve-cifar10", "CIFAR-10 recipe, 32 px"),
+          ("serve-cifar10-wrk", "CIFAR-10 recipe, 32 px, load from wrk"),
+          ("serve-cifar10-16", "CIFAR-10 recipe, 32 px"),
+          ("serve-v11-224", "v1.1 at 224 px, random weights"),
+          ("serve-iw-v11-224", "v1.1 at 224 px, trained"))
 
 
-def deploy_serve(_runs: list[dict]) -> str:
-    """benchmarks/serve_load.py: the service under load against bench on the same runtime."""
+def deploy_serve(_runs: list[dict], suffix: str = "") -> str:
+    """benchmarks/serve_load.py: the service under load against bench on the same runtime
+    (speed/serve-*``suffix``.json: one machine's runs)."""
     rows = []
-    for name, label in SERVED:
+    files = [(f"{name}{suffix}.json", label) for name, label in SERVED]
+    for name, label in files:
         r = _speed_file(name)
         if r is None:
             continue
@@ -580,7 +581,7 @@ def deploy_serve(_runs: list[dict]) -> str:
         return NOT_MEASURED
     head = ["model", "runtime", "images per request", "requests", "failures", "p50 / p95 ms", "mean batch",
             "server CPU s", "served img/s", "bench img/s, same runtime", "serve / bench"]
-    measured = [r for r in (_speed_file(n) for n, _ in SERVED) if r]
+    measured = [r for r in (_speed_file(n) for n, _ in files) if r]
     return md_table(head, rows) + f"\n\n{measured[0].get('machine', 'this machine')}: " + "; ".join(
         f"`{r['command']}`" for r in measured)
 
@@ -601,9 +602,13 @@ TABLES = {
     "readme": readme,
     "readme-short": readme_short,
     "photos": photos,
-    "deploy": deploy,
-    "deploy-defaults": deploy_defaults,
+    "deploy": _from_targets(deploy),
+    "deploy-defaults": _from_targets(deploy_defaults),
     "deploy-serve": deploy_serve,
+    # the same measurements on a 2-core AMD EPYC with AVX2 only (no AVX-512, VNNI or bf16)
+    "deploy-epyc": _from_targets(deploy, "targets-epyc.json"),
+    "deploy-defaults-epyc": _from_targets(deploy_defaults, "targets-epyc.json"),
+    "deploy-serve-epyc": lambda runs: deploy_serve(runs, "-epyc"),
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
