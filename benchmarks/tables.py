@@ -562,12 +562,12 @@ SERVED = (("serve-cifar10", "CIFAR-10 recipe, 32 px"),
 def deploy_serve(_runs: list[dict], suffix: str = "") -> str:
     """benchmarks/serve_load.py: the service under load against bench on the same runtime
     (speed/serve-*``suffix``.json: one machine's runs)."""
-    rows = []
-    files = [(f"{name}{suffix}.json", label) for name, label in SERVED]
-    for name, label in files:
-        r = _speed_file(name)
+    rows, measured = [], []
+    for name, label in SERVED:
+        r = _speed_file(f"{name}{suffix}.json")
         if r is None:
             continue
+        measured.append(r)
         s = r["serve"]
         b = str(max(1, round(s["mean_batch"])))
         cpu = s["server_cpu_seconds"]
@@ -581,7 +581,6 @@ def deploy_serve(_runs: list[dict], suffix: str = "") -> str:
         return NOT_MEASURED
     head = ["model", "runtime", "images per request", "requests", "failures", "p50 / p95 ms", "mean batch",
             "server CPU s", "served img/s", "bench img/s, same runtime", "serve / bench"]
-    measured = [r for r in (_speed_file(n) for n, _ in files) if r]
     return md_table(head, rows) + f"\n\n{measured[0].get('machine', 'this machine')}: " + "; ".join(
         f"`{r['command']}`" for r in measured)
 
