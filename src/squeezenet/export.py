@@ -259,7 +259,7 @@ class OpenVINOModel:
         import queue
         import threading
 
-        self.core, self.model, self.config, self.background = core, model, config, False
+        self.core, self.model, self.config, self.background, self.closed = core, model, config, False, False
         self.dynamic = _Compiled(core.compile_model(model, "CPU", config))
         self.static: dict[int, _Compiled] = {}
         self.calls: dict[int, int] = {}  # batch size -> calls, until it is compiled
@@ -278,7 +278,7 @@ class OpenVINOModel:
         if compiled is None:
             with self.lock:
                 n = self.calls[len(x)] = self.calls.get(len(x), 0) + 1
-                ask = n == (1 if self.background else 2) and len(self.asked) < self.MAX_SHAPES
+                ask = n == (1 if self.background else 2) and len(self.asked) < self.MAX_SHAPES and not self.closed
                 if ask:
                     self.asked.add(len(x))
             if ask and self.background:
@@ -298,8 +298,7 @@ class OpenVINOModel:
         import threading
 
         def work():
-            while True:
-                shape = self.todo.get()
+            while (shape := self.todo.get()) is not None:
                 try:
                     self._compile(shape)
                 except Exception as e:  # the dynamic-shape model goes on answering this size
@@ -310,6 +309,23 @@ class OpenVINOModel:
             if self.compiler is None:  # a daemon: it only ever waits for work or compiles
                 self.compiler = threading.Thread(target=work, name="squeezenet-openvino-compile", daemon=True)
                 self.compiler.start()
+
+    def close(self) -> None:
+        """Compiles nothing more, and waits for the compile in progress: a process that exits while an
+        OpenVINO thread compiles aborts (``terminate called without an active exception``)."""
+        import queue
+
+        with self.lock:
+            self.closed, compiler, self.compiler = True, self.compiler, None
+        if compiler is None:
+            return
+        try:  # the sizes still waiting are dropped
+            while True:
+                self.todo.get_nowait()
+        except queue.Empty:
+            pass
+        self.todo.put(None)
+        compiler.join()
 
 
 class _Compiled:

@@ -110,6 +110,7 @@ class Batcher:
             self.task.cancel()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        self.engine.close()
 
     async def infer(self, files: list[tuple[str, bytes]], k: int) -> list[list[dict]]:
         """Per upload of one request, its ``k`` most probable labels; ``BadUpload`` if one of them
