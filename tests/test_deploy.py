@@ -156,7 +156,11 @@ def test_quantize_on_held_out_images_that_are_not_there(cli, ckpt, tmp_path):
 
 
 def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
-    from squeezenet.compress import conv_weights, load_compressed
+    """The compressed file is the C engine's model file with every conv as a codebook: a checkpoint
+    like any other for PyTorch, and the engine runs it as it is."""
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.compress import conv_weights
+    from squeezenet.modelfile import W_CODEBOOK, ModelFile
 
     out = tmp_path / "m.sqz"
     code, stdout, err = cli("compress", ckpt, "--sparsity", "0.7", "--steps", "2", "--out", out,
@@ -164,22 +168,29 @@ def test_compress_roundtrip_and_honest_size(cli, ckpt, tmp_path):
     assert code == 0, err
     r = json.loads((tmp_path / "c.json").read_text())
     assert r["bytes_compressed"] == out.stat().st_size and r["size_ratio"] < 0.1
-    model, meta = load_compressed(out)
+    assert r["bytes_gzip"] < r["bytes_compressed"]
+    info = ModelFile.read(out.read_bytes())
+    convs_in_file = [layer for layer in info.layers if int(layer["op"]) != 3]
+    assert all(int(layer["form"]) == W_CODEBOOK and int(layer["bits"]) <= 4 for layer in convs_in_file)
+    model, meta = load_checkpoint(out)
     convs = list(conv_weights(model).values())
     weights = torch.cat([w.flatten() for w in convs])
     assert float((weights == 0).float().mean()) == pytest.approx(r["sparsity"])
     inner = torch.cat([w.flatten() for w in convs[1:-1]])  # the first and last conv stay dense
     assert float((inner == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
     assert float((convs[0] == 0).float().mean()) < 0.05 and float((convs[-1] == 0).float().mean()) < 0.05
-    assert all(len(w.unique()) <= 2 ** 4 + 1 for w in convs)  # the default 4-bit codebook + zero
     assert meta.class_names == ["cat", "dog"]
+    code, stdout, err = cli("eval", out, "--json", tmp_path / "e.json")  # a checkpoint like any other
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] == pytest.approx(r["top1_after"])
 
 
 def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
     """After weight sharing each layer holds at most 2**bits values, and encoding the result again
     keeps every weight exactly (the codebook is those values, not a fresh k-means)."""
     from squeezenet.checkpoint import load_checkpoint
-    from squeezenet.compress import conv_weights, encode, finetune, load_compressed
+    from squeezenet.compress import conv_weights, encode, finetune
+    from squeezenet.export import fold_batchnorm
 
     model, meta = load_checkpoint(ckpt)
     shared = finetune(model, meta, sparsity=0.5, bits=3, steps=8)
@@ -192,8 +203,9 @@ def test_compress_retrains_shared_weights_and_reencodes_exactly(ckpt):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.sqz"
         path.write_bytes(encode(model, meta, 3))  # no codebooks given: re-derived from the weights
-        restored, _ = load_compressed(path)
-    for (name, a), b in zip(conv_weights(model).items(), conv_weights(restored).values()):
+        restored, _ = load_checkpoint(path)
+    # the file holds the shared weights and BatchNorm's per-channel scale apart: the same folded weights
+    for (name, a), b in zip(conv_weights(fold_batchnorm(model)).items(), conv_weights(restored).values()):
         assert torch.equal(a, b), name
 
 

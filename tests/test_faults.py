@@ -5,7 +5,6 @@ a silent success) before the fix it covers."""
 import errno
 import gzip
 import json
-import lzma
 import os
 import re
 import signal
@@ -302,19 +301,24 @@ def test_a_gzip_bomb_posing_as_fashion_mnist_stops_at_its_header(tmp_path):
     assert r.returncode == 1 and "truncated or corrupt" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
-def test_an_lzma_bomb_in_a_compressed_model_stops_at_its_header(tmp_path):
-    from squeezenet.compress import MAGIC, load_compressed
+def test_a_model_file_that_lies_about_its_sizes_is_refused(tmp_path, trained_run):
+    """A compressed model (the C engine's model file) whose header or layers point past its end,
+    or that is another format altogether, gets one clear message, from PyTorch's reader and the C engine's."""
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.errors import SqueezeNetError
+    from squeezenet.lowering import lower
 
-    head = json.dumps({"meta": {}, "bits": 4, "tensors": [{"name": "w", "kind": "raw", "shape": [4], "dtype": "float32",
-                                                           "sizes": [16]}]}).encode()
-    body = struct.pack("<I", len(head)) + head + b"\0" * 16
-    stream = lzma.LZMACompressor(preset=0)
-    data = stream.compress(body) + b"".join(stream.compress(b"\0" * (1 << 24)) for _ in range(64)) + stream.flush()
-    (tmp_path / "bomb.sqz").write_bytes(MAGIC + data)  # 1 GB behind a 16-byte header
-    r = _limited(f"from squeezenet.compress import load_compressed\ntry:\n load_compressed('{tmp_path / 'bomb.sqz'}')\n"
-                 f"except Exception as e: print(type(e).__name__, e)")
-    assert "SqueezeNetError" in r.stdout and "more data than its header describes" in r.stdout, r.stdout + r.stderr
-    assert load_compressed is not None
+    model, meta = load_checkpoint(trained_run)
+    good = bytearray(lower(model, meta))
+    cases = {"truncated": good[:len(good) // 2], "old": b"SQZC2\n" + bytes(64)}
+    lying = bytearray(good)
+    lying[128 + 160 + 64:128 + 160 + 68] = (len(good) * 4).to_bytes(4, "little")  # layer 1's weights_off
+    cases["offsets"] = lying
+    for name, data in cases.items():
+        (tmp_path / f"{name}.sqz").write_bytes(bytes(data))
+        with pytest.raises(SqueezeNetError) as e:
+            load_checkpoint(tmp_path / f"{name}.sqz")
+        assert "Traceback" not in str(e.value) and str(tmp_path) in str(e.value), (name, e.value)
 
 
 HOSTILE = [

@@ -132,7 +132,8 @@ def test_uint8_input_refuses_other_channel_counts(cli, tmp_path, image_folder):
         "preprocess": {"image_size": 32, "in_channels": 4, "mean": [0.5] * 4, "std": [0.25] * 4}})
     before = sorted(tmp_path.iterdir())
     for args in (["--format", "onnx", "--input", "uint8", "--out", tmp_path / "x.onnx"],
-                 ["--format", "web", "--out", tmp_path / "site", "--ort-web", tmp_path]):
+                 ["--format", "web", "--out", tmp_path / "site", "--runtime", "ort-web", "--ort-web", tmp_path],
+                 ["--format", "web", "--out", tmp_path / "site"], ["--format", "c", "--out", tmp_path / "c"]):
         code, _, err = cli("export", path, *args)
         assert code in (1, 2) and "Traceback" not in err
         assert "channels" in err or "--ort-web" in err, err
@@ -334,7 +335,8 @@ def test_ort_web_download_is_verified_before_it_is_kept(tmp_path):
 def test_web_export_bad_input(cli, ckpt, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = cli("export", ckpt, "--format", "web", "--out", tmp_path / "site", "--ort-web", empty)
+    code, _, err = cli("export", ckpt, "--format", "web", "--runtime", "ort-web", "--out", tmp_path / "site",
+                       "--ort-web", empty)
     assert code == 2 and "holds no ort.wasm.bundle.min.mjs" in err
     taken = tmp_path / "taken"
     (taken / "mine.txt").parent.mkdir()
@@ -375,16 +377,24 @@ def run_page(url, spec, timeout=90):
     return out
 
 
+PAGE_FILES = {"engine": {"index.html", "app.js", "runtime.js", "model-info.json", "engine.wasm", "model.sqz"},
+              "ort-web": {"index.html", "app.js", "runtime.js", "model-info.json", "model.onnx",
+                          "ort/ort.wasm.bundle.min.mjs", "ort/ort-wasm-simd-threaded.wasm"}}
+
+
 @needs_browser
-def test_web_page_in_chromium_agrees_with_predict(cli, ckpt, pixels, python_predictions, tmp_path, static_host):
+@pytest.mark.parametrize("runtime", ["engine", "ort-web"])
+def test_web_page_in_chromium_agrees_with_predict(cli, ckpt, pixels, python_predictions, tmp_path, static_host,
+                                                  runtime):
     site = tmp_path / "site"
-    code, stdout, err = cli("export", ckpt, "--format", "web", "--out", site, "--ort-web", ORT_WEB,
-                            "--top-k", "2", "--json", tmp_path / "w.json")
+    code, stdout, err = cli("export", ckpt, "--format", "web", "--out", site, "--runtime", runtime,
+                            "--ort-web", ORT_WEB, "--top-k", "2", "--json", tmp_path / "w.json")
     assert code == 0, err
     r = json.loads((tmp_path / "w.json").read_text())
-    assert set(r["files"]) == {"index.html", "app.js", "model.onnx", "model-info.json",
-                               "ort/ort.wasm.bundle.min.mjs", "ort/ort-wasm-simd-threaded.wasm"}
+    assert set(r["files"]) == PAGE_FILES[runtime] and r["runtime"] == runtime
     assert r["bytes_total"] == sum(r["files"].values()) and "MB" in stdout
+    if runtime == "engine":  # the page loads the model's weights and at most 30 KB more (gzip)
+        assert r["bytes_gzip"] - r["files_gzip"]["model.sqz"] <= 30_000
     for p in pixels:
         shutil.copyfile(p, site / f"{p.parent.name}-{p.name}")
     junk = tmp_path / "junk.jpg"
@@ -406,7 +416,7 @@ def test_web_page_runs_the_int8_model(cli, ckpt, pixels, tmp_path, static_host):
 
     site = tmp_path / "site8"
     code, _, err = cli("export", ckpt, "--format", "web", "--precision", "int8", "--out", site, "--ort-web", ORT_WEB,
-                       "--json", tmp_path / "w.json")
+                       "--runtime", "ort-web", "--json", tmp_path / "w.json")
     assert code == 0, err
     r = json.loads((tmp_path / "w.json").read_text())
     assert r["precision"] == "int8" and r["bytes_model"] < 0.4 * 2.9e6 and "top1_int8" in r

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from .errors import SqueezeNetError
 from .files import atomic_path
 from .model import SqueezeNet
+from .modelfile import ModelFile, is_model_file
 from .runs import RunMeta
 from .zoo import create_model, list_models, load_weights
 
@@ -41,6 +42,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def _header(path: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """(raw metadata, tensor name -> shape), read from the file's header alone."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"SQZC":
+            raise SqueezeNetError(f"{path} was written by an earlier `squeezenet compress` (an LZMA format this "
+                                  f"version does not read): compress the original checkpoint again")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -52,6 +57,8 @@ def read_metadata(path: str | Path) -> RunMeta:
     """The RunMeta of a checkpoint or run directory. Checkpoints written before ``augment`` and
     ``crop_pad`` joined the metadata take them from their run's config.json."""
     path = resolve_checkpoint(path)
+    if is_model_file(path):
+        return read_model_file(path).meta
     raw, _ = _header(path)
     return _parse(path, raw)
 
@@ -79,11 +86,52 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """The model (eval mode) and RunMeta of a checkpoint or run directory. The architecture the
     metadata describes is checked against the file's tensor shapes before any weight is built."""
     path = resolve_checkpoint(path)
+    if is_model_file(path):
+        return load_model_file(path)[0].to(device), read_model_file(path).meta
     raw, shapes = _header(path)
     meta = _parse(path, raw)
     model = build_checked(meta, shapes, str(path))
     load_weights(model, path)
     return model.to(device).eval(), meta
+
+
+def read_model_file(path: Path) -> ModelFile:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SqueezeNetError(f"cannot read {path}: {e.strerror or e}") from None
+    return ModelFile.read(data, str(path))
+
+
+def load_model_file(path: Path) -> tuple[SqueezeNet, ModelFile]:
+    """The PyTorch model of a C-engine model file (``compress`` writes one): its weights decoded,
+    each folded bias put back where the checkpoint had it (the conv's bias, or its BatchNorm's
+    shift with the BatchNorm made the identity)."""
+    mf = read_model_file(path)
+    convs = mf.convolutions()
+    with torch.device("meta"):
+        skeleton = create_model(mf.meta.arch, **mf.meta.model_kwargs)
+    expected = {n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    shapes = {n: tuple(skeleton.get_submodule(n).weight.shape) for n in expected}
+    wrong = sorted(expected ^ set(convs)) + [n for n in expected & set(convs) if convs[n][0].shape != shapes[n]]
+    if wrong:
+        raise SqueezeNetError(f"{path}: its layers do not match its metadata ({', '.join(wrong[:3])}): the file "
+                              f"is damaged or was edited")
+    model = create_model(mf.meta.arch, **mf.meta.model_kwargs).eval()
+    with torch.no_grad():
+        for name, (weight, bias) in convs.items():
+            conv = model.get_submodule(name)
+            conv.weight.copy_(torch.from_numpy(weight))
+            bias, after = torch.from_numpy(bias), model.batchnorm_after(name)
+            if conv.bias is not None:
+                conv.bias.copy_(bias)
+            elif after is not None:
+                bn, part = after
+                bn.weight[part], bn.bias[part], bn.running_mean[part] = 1.0, bias, 0.0
+                bn.running_var[part] = 1.0 - bn.eps
+            elif bias.abs().max() > 0:
+                raise SqueezeNetError(f"{path}: {name} has a bias its metadata gives no place to")
+    return model, mf
 
 
 def build_checked(meta: RunMeta, shapes: dict[str, tuple[int, ...]], source: str) -> SqueezeNet:

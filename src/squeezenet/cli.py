@@ -118,6 +118,8 @@ def cmd_export(args) -> int:
         return _export_web(args)
     if args.format == "executorch":
         return _export_executorch(args)
+    if args.format == "c":
+        return _export_c(args)
     if args.precision not in (None, "fp32"):
         raise UsageError("--precision int8 for ONNX is `squeezenet quantize`; --precision applies to "
                          "--format web and executorch")
@@ -134,14 +136,43 @@ def _export_web(args) -> int:
 
     if args.input not in (None, "uint8"):
         raise UsageError("the web page feeds the model uint8 pixels: --input float does not apply to --format web")
-    r = export_web(args.checkpoint, args.out, args.precision or "fp32", args.ort_web, args.top_k, args.calib_data)
+    r = export_web(args.checkpoint, args.out, args.precision or "fp32", args.ort_web, args.top_k, args.calib_data,
+                   args.runtime or "engine")
     _write_json(args.json, r)
-    check = (f"checked against PyTorch on {r['checked_on']} images: max abs diff {r['max_abs_diff']:.2e}"
-             if "max_abs_diff" in r else f"top-1 fp32 {r['top1_fp32']:.2f}% int8 {r['top1_int8']:.2f}% "
-             f"on {r['eval_count']:,} images")
-    print(f"wrote {r['out']}/ ({r['bytes_total'] / 1e6:.2f} MB: model {r['bytes_model'] / 1e6:.2f} MB "
-          f"{r['precision']}, onnxruntime-web {r['ort_web']} {r['bytes_runtime'] / 1e6:.2f} MB); {check}")
+    if "check" in r:
+        c = r["check"]
+        check = (f"checked against PyTorch on {c['images']:,} images: logits {c['max_rel_diff']:.1e} apart"
+                 + (f", top-1 {c['top1_engine']:.2f}% (PyTorch fp32 {c['top1_pytorch']:.2f}%)" if "top1_engine" in c
+                    else ""))
+    else:
+        check = (f"checked against PyTorch on {r['checked_on']} images: max abs diff {r['max_abs_diff']:.2e}"
+                 if "max_abs_diff" in r else f"top-1 fp32 {r['top1_fp32']:.2f}% int8 {r['top1_int8']:.2f}% "
+                 f"on {r['eval_count']:,} images")
+    runtime = (f"the C engine as WebAssembly {r['bytes_runtime'] / 1e3:.1f} KB" if r["runtime"] == "engine" else
+               f"onnxruntime-web {r['ort_web']} {r['bytes_runtime'] / 1e6:.2f} MB")
+    print(f"wrote {r['out']}/ ({r['bytes_total'] / 1e6:.3f} MB, {r['bytes_gzip'] / 1e6:.3f} MB gzipped: model "
+          f"{r['bytes_model'] / 1e6:.3f} MB {r['precision']}, {runtime}); {check}")
     print(f"serve it from any static host, e.g. python -m http.server -d {r['out']} 8000")
+    return 0
+
+
+def _export_c(args) -> int:
+    from .cengine import export_c
+
+    if args.input not in (None, "uint8"):
+        raise UsageError("the C engine takes uint8 RGB pixels: --input float does not apply to --format c")
+    r = export_c(args.checkpoint, args.out, args.precision or "fp32", args.data_dir, args.max_ram, args.input_size,
+                 args.check_images, args.calib_data)
+    _write_json(args.json, r)
+    c = r["check"]
+    score = (f"; top-1 {c['top1_engine']:.2f}% (PyTorch fp32 {c['top1_pytorch']:.2f}%)" if "top1_engine" in c else "")
+    print(f"wrote {r['out']}/ ({r['precision']}, {r['input_size']} px): flash {r['flash_bytes']:,} bytes (model "
+          f"{r['model_bytes']:,} + code {r['code_bytes']:,}, {r['code_target']}), RAM {r['ram_bytes']:,} bytes "
+          f"(arena {r['arena_bytes']:,}, stack about {r['stack_bytes']:,}; the example's high-water mark "
+          f"{r['ram_high_water']:,})")
+    print(f"checked against PyTorch on {c['images']:,} images ({c['source']}): logits {c['max_rel_diff']:.1e} "
+          f"apart, same top-1 on {c['agreement']:.2f}%{score}")
+    print(f"build and run it: make -C {r['out']} && {r['out']}/sqz-classify IMAGE.ppm")
     return 0
 
 
@@ -305,19 +336,27 @@ def _add_deploy_parsers(sub) -> None:
     s = sub.add_parser("export", help="ONNX, TorchScript, a web page or ExecuTorch, checked against PyTorch")
     s.add_argument("checkpoint")
     s.add_argument("--format", required=True, help="onnx, torchscript, web (a static folder that runs in the "
-                   "browser) or executorch (.pte for phones)")
-    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte)")
+                   "browser), executorch (.pte for phones) or c (the C engine for microcontrollers and "
+                   "embedded Linux: model.c/.h, the engine, an example and its Makefile)")
+    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte / c/)")
     s.add_argument("--input", choices=("uint8", "float"), help="uint8: RGB pixels (N, H, W, 3) with the "
                    "preprocessing inside the model (default for web and executorch); float: normalised "
                    "NCHW (default for onnx and torchscript)")
-    s.add_argument("--precision", choices=("fp32", "int8"), help="web and executorch: int8 quantized on the "
+    s.add_argument("--precision", choices=("fp32", "int8"), help="web, executorch and c: int8 quantized on the "
                    "training images (default fp32)")
     s.add_argument("--calib-data", help="int8: folder of calibration images (default: the training data)")
     s.add_argument("--ort-web", metavar="DIR", help="web: onnxruntime-web's dist folder (default: "
                    "./node_modules/onnxruntime-web/dist, the cache, else the npm registry, verified)")
     s.add_argument("--top-k", type=_positive, default=5, help="web: labels shown per image")
+    s.add_argument("--runtime", choices=("engine", "ort-web"), help="web: squeezenet's C engine as WebAssembly "
+                   "(default: a few KB) or onnxruntime-web (14 MB)")
     s.add_argument("--opset", type=int, default=17, help="ONNX opset (10..20)")
     s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+    s.add_argument("--input-size", type=_positive, help="c: the input size to plan for (default: the checkpoint's)")
+    s.add_argument("--max-ram", metavar="BYTES", help="c: fail if the model needs more RAM (e.g. 163840 or 160K)")
+    s.add_argument("--data-dir", help="c: held-out images to check the export on (default: the checkpoint's "
+                   "evaluation split)")
+    s.add_argument("--check-images", type=_positive, help="c: check on at most this many images (default: all)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_export)
 

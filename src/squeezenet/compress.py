@@ -5,44 +5,40 @@
 2. Weight sharing: per layer, k-means (linear initialisation, as in the paper) over the surviving
    weights, then retraining of the shared values (centroids); each weight is a ``bits``-bit index
    into a float32 codebook.
-3. Storage: per conv a bitmask of the surviving positions and their codes; everything else
-   (biases, BatchNorm) as it is; the whole stream LZMA-compressed. The reported size is the file.
-
-``load_compressed`` rebuilds the model from that file alone (the checkpoint's metadata travels in
-it), so the accuracy reported after compression is the accuracy of what is on disk.
+3. Storage: the C engine's model file (``modelfile``), each conv as a bitmask of the surviving
+   positions, their codes bit-packed and its codebook (BatchNorm a per-channel scale beside it).
+   The file is a checkpoint like any other (``eval``, ``predict``, ``info`` and ``export`` read
+   it; ``load_checkpoint`` decodes it for PyTorch) and the C engine and the page run it as it is.
+   The reported size is the file's; the accuracy reported after compression is that of the model
+   decoded from the file on disk.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import itertools
-import json
 import logging
-import lzma
 import math
-import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import build_checked, load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint
 from .data import DEFAULT_AUGMENT, Loader
 from .device import autocast
 from .errors import SqueezeNetError, UsageError
 from .evaluate import evaluate
 from .export import default_out
 from .files import atomic_path
+from .lowering import lower
 from .rundir import train_hashes
 from .runs import RunMeta
 from .splits import eval_loader, run_splits
 from .train import Diverged, train_one_epoch
-from .zoo import load_weights
 
 log = logging.getLogger("squeezenet")
-
-MAGIC = b"SQZC2\n"
 
 
 def conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -177,99 +173,16 @@ def kmeans_1d(values: torch.Tensor, bits: int, iters: int = 25) -> tuple[torch.T
 
 
 def encode(model: nn.Module, meta: RunMeta, bits: int, shared: dict | None = None) -> bytes:
-    """The compressed file's bytes: header (JSON) + per-tensor payloads, LZMA-compressed. Conv
-    weights are stored as a bitmask + ``bits``-bit codes + codebook: ``shared``'s (from
-    ``finetune``) where given, else a fresh k-means of the surviving weights."""
-    convs = set(conv_weights(model))
-    header, chunks = {"meta": meta.to_dict(), "bits": bits, "tensors": []}, []
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        if name in convs:
-            mask = t != 0
-            if shared and name in shared and shared[name][1] is not None:
-                codebook, codes = shared[name][0], shared[name][1].to(torch.uint8)
-            else:
-                codebook, codes = kmeans_1d(t[mask], bits) if mask.any() else (torch.zeros(1), torch.zeros(0))
-            parts = [np.packbits(mask.flatten().numpy()).tobytes(), codebook.numpy().tobytes(),
-                     codes.numpy().astype(np.uint8).tobytes()]  # a byte per code: LZMA packs
-            # these tighter than bit-packed codes (measured: 309 vs 334 kB, CIFAR-10 model, 5 bits)
-            header["tensors"].append({"name": name, "kind": "sparse-shared", "shape": list(t.shape),
-                                      "count": int(mask.sum()), "sizes": [len(p) for p in parts]})
-        else:
-            a = t.numpy()
-            # BatchNorm statistics/affine and biases in float16 where they fit: half their bytes,
-            # and the accuracy reported is measured on what the file holds.
-            if a.dtype == np.float32 and np.isfinite(a).all() and np.abs(a).max(initial=0) < 6e4:
-                a = a.astype(np.float16)
-            parts = [a.tobytes()]
-            header["tensors"].append({"name": name, "kind": "raw", "shape": list(t.shape),
-                                      "dtype": str(a.dtype), "as": str(t.numpy().dtype),
-                                      "sizes": [len(parts[0])]})
-        chunks += parts
-    head = json.dumps(header).encode()
-    body = struct.pack("<I", len(head)) + head + b"".join(chunks)
-    return MAGIC + lzma.compress(body, preset=9 | lzma.PRESET_EXTREME)
-
-
-def load_compressed(path: str | Path) -> tuple[nn.Module, RunMeta]:
-    """The model (eval mode) and metadata stored in a ``compress`` file. The LZMA stream is
-    decompressed only as far as its header says it holds, so a bomb stops there."""
-    path = Path(path)
-    if not path.is_file():
-        raise SqueezeNetError(f"compressed model {path} does not exist")
-    raw = path.read_bytes()
-    if not raw.startswith(MAGIC):
-        raise SqueezeNetError(f"{path} is not a file written by `squeezenet compress`")
-    try:
-        stream = lzma.LZMADecompressor()
-        head = stream.decompress(raw[len(MAGIC):], max_length=4)
-        (n,) = struct.unpack("<I", head)
-        if n > MAX_HEADER:
-            raise ValueError(f"a {n:,}-byte header")
-        header = json.loads(_exactly(stream, n))
-        sizes = [size for t in header["tensors"] for size in t["sizes"]]
-        if any(not isinstance(v, int) or v < 0 for v in sizes) or sum(sizes) > MAX_PAYLOAD:
-            raise ValueError("tensor sizes beyond what a SqueezeNet holds")
-        body = _exactly(stream, sum(sizes))
-        if not stream.eof and stream.decompress(b"", max_length=1):
-            raise ValueError("more data than its header describes")
-        meta = RunMeta.parse(header["meta"])
-    except (lzma.LZMAError, EOFError, struct.error, ValueError, KeyError, TypeError, SqueezeNetError) as e:
-        raise SqueezeNetError(f"{path} is corrupt ({e})") from None
-    pos, state = 0, {}
-    for t in header["tensors"]:
-        parts = []
-        for size in t["sizes"]:
-            parts.append(body[pos:pos + size])
-            pos += size
-        state[t["name"]] = _decode_tensor(t, parts)
-    model = build_checked(meta, {k: tuple(v.shape) for k, v in state.items()}, str(path))
-    load_weights(model, state)
-    return model.eval(), meta
-
-
-MAX_HEADER, MAX_PAYLOAD = 1 << 24, 1 << 30  # far above any SqueezeNet's header and weights
-
-
-def _exactly(stream: lzma.LZMADecompressor, n: int) -> bytes:
-    data = stream.decompress(b"", max_length=n) if n else b""
-    if len(data) != n:
-        raise ValueError("truncated")
-    return data
-
-
-def _decode_tensor(t: dict, parts: list[bytes]) -> torch.Tensor:
-    shape = t["shape"]
-    if t["kind"] == "raw":
-        a = np.frombuffer(parts[0], dtype=t["dtype"]).astype(t.get("as", t["dtype"]))
-        return torch.from_numpy(a).view(shape)
-    numel = math.prod(shape)
-    mask = torch.from_numpy(np.unpackbits(np.frombuffer(parts[0], np.uint8))[:numel].astype(bool))
-    codebook = torch.from_numpy(np.frombuffer(parts[1], np.float32).copy())
-    codes = torch.from_numpy(np.frombuffer(parts[2], np.uint8).astype(np.int64))
-    w = torch.zeros(numel)
-    w[mask] = codebook[codes]
-    return w.view(shape)
+    """The compressed file's bytes: the model file with every conv in codebook form, ``shared``'s
+    codebooks (from ``finetune``) where given, else a k-means of each conv's surviving weights
+    (exact where a layer holds at most 2**bits values)."""
+    books = dict(shared or {})
+    with torch.no_grad():
+        for name, w in conv_weights(model).items():
+            if name not in books or books[name][1] is None:
+                mask = w != 0
+                books[name] = kmeans_1d(w[mask], bits) if mask.any() else (torch.zeros(1), None)
+    return lower(model.eval(), meta, "fp32", codebooks=books)
 
 
 def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
@@ -292,7 +205,7 @@ def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000
     out = Path(out) if out else default_out(path, ".sqz")
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
-        restored, _ = load_compressed(tmp)  # what is on disk, not what is in memory
+        restored, _ = load_checkpoint(tmp)  # what is on disk, not what is in memory
         after = evaluate(restored, loader, classes)["top1"]
     weights = conv_weights(restored)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
@@ -302,4 +215,4 @@ def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000
             "sparsity": zeros / total, "bits": bits, "finetune_steps": steps,
             "top1_before": before, "top1_pruned_fp32": pruned["top1"], "top1_after": after,
             "top1_drop": before - after, "bytes_fp32": fp32, "bytes_compressed": len(data),
-            "size_ratio": len(data) / fp32}
+            "bytes_gzip": len(gzip.compress(data, 9)), "size_ratio": len(data) / fp32}

@@ -33,7 +33,7 @@ from .runs import RunMeta
 
 FORMATS = ("onnx", "torchscript")
 # Formats whose writers live above this layer (web.py, mobile.py); the CLI dispatches to them.
-TARGETS = (*FORMATS, "web", "executorch")
+TARGETS = (*FORMATS, "web", "executorch", "c")
 INPUTS = ("float", "uint8")
 # 10: first MaxPool with ceil_mode (the torchvision export bug); 13: per-channel QDQ for quantize;
 # 20: the highest the TorchScript-based exporter writes. The torch.export-based exporter needs the
@@ -118,6 +118,12 @@ def check_opset(opset: int) -> None:
                          f"max-pooling needs >= {MIN_OPSET}; {MAX_OPSET} is the exporter's highest)")
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of an eval-mode BatchNorm: y = x * scale + shift."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy with each BatchNorm folded into the conv(s) before it. Fire's expand BN
     follows the concat, which no graph optimiser can fold, so it is split over both expand convs
@@ -126,8 +132,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     @torch.no_grad()
     def fold(convs, bn):
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = bn_affine(bn)
         for conv, s, b in zip(convs, scale.split([c.out_channels for c in convs]),
                               shift.split([c.out_channels for c in convs])):
             bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)

@@ -201,6 +201,21 @@ class SqueezeNet(nn.Module):
         self.classifier[1] = conv
         self.num_classes = num_classes
 
+    def batchnorm_after(self, conv: str) -> tuple[nn.BatchNorm2d, slice] | None:
+        """The BatchNorm (and its channels) that follows the conv named ``conv`` (a state_dict
+        prefix such as ``features.3.expand3x3``), None where none does."""
+        if conv == "features.0":
+            bn = self.features[1]
+            return (bn, slice(None)) if isinstance(bn, nn.BatchNorm2d) else None
+        parent, _, leaf = conv.rpartition(".")
+        fire = self.get_submodule(parent) if parent.startswith("features.") else None
+        if not isinstance(fire, Fire) or leaf not in ("squeeze", "expand1x1", "expand3x3"):
+            return None
+        bn = fire.squeeze_bn if leaf == "squeeze" else fire.expand_bn
+        e1 = fire.expand1x1.out_channels
+        part = {"squeeze": slice(None), "expand1x1": slice(0, e1), "expand3x3": slice(e1, None)}[leaf]
+        return (bn, part) if isinstance(bn, nn.BatchNorm2d) else None
+
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise SqueezeNetError(

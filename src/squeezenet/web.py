@@ -1,15 +1,19 @@
 """``export --format web``: a static folder that classifies images in the browser, offline.
 
-The folder holds ``index.html``, ``app.js``, the model (uint8 RGB input: the preprocessing is in
-the graph), ``model-info.json`` (class names, sizes) and onnxruntime-web's WebAssembly build, so
-any static host (or ``python -m http.server``) serves it with no network. onnxruntime-web comes
-from ``--ort-web DIR``, else ``./node_modules/onnxruntime-web/dist``, else the cache, else the npm
-registry at the pinned version, checked against the lockfile's sha512 before anything is kept.
+The folder holds ``index.html``, ``app.js``, ``model-info.json`` (class names, sizes) and a
+runtime, so any static host (or ``python -m http.server``) serves it with no network:
+- ``engine`` (the default): squeezenet's C engine as WebAssembly (``engine.wasm``, built from
+  ``engine/sqz.c`` and shipped in the package) and the model file (``model.sqz``, gzip-compressed:
+  fp32, int8 weights, or a ``compress`` file's codebooks as they are);
+- ``ort-web``: onnxruntime-web running the uint8-input ONNX model. onnxruntime-web comes from
+  ``--ort-web DIR``, else ``./node_modules/onnxruntime-web/dist``, else the cache, else the npm
+  registry at the pinned version, checked against the lockfile's sha512 before anything is kept.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -33,7 +37,9 @@ ORT_WEB_URL = f"https://registry.npmjs.org/onnxruntime-web/-/onnxruntime-web-{OR
 # The WebAssembly CPU build only: the bundle (JS API + its loader) and the SIMD/threads binary.
 ORT_WEB_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 PRECISIONS = ("fp32", "int8")
+RUNTIMES = ("engine", "ort-web")
 ASSETS = Path(__file__).parent / "webpage"
+PAGE = ("index.html", "app.js")
 
 
 def _has_files(folder: Path) -> bool:
@@ -113,35 +119,80 @@ def site_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[by
     return data, {"max_abs_diff": diff, "checked_on": len(images)}
 
 
-def info(meta, precision: str, top_k: int) -> dict:
+def engine_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[bytes, dict]:
+    """(gzip-compressed model file, its check) for the engine's page: fp32 checked against PyTorch
+    on the checkpoint's own images; int8 as int8 weights dequantized at load (a quarter of the
+    download, fp32 math), its top-1 measured on the evaluation split against PyTorch's; a
+    ``compress`` file as it is."""
+    from .cengine import NativeEngine, check_images, compare, model_file_for, reference_logits
+    from .checkpoint import resolve_checkpoint
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r} for the web: choose fp32 or int8")
+    path = resolve_checkpoint(checkpoint)
+    model, meta = load_checkpoint(path)
+    size = meta.preprocess.image_size
+    data = model_file_for(path, model, meta, "int8w" if precision == "int8" else "fp32", size, calib_data)
+    images, labels, source = check_images(meta, limit=None if precision == "int8" else 8)
+    engine = NativeEngine(data)
+    engine.decode()
+    check = compare(engine(images.numpy()), reference_logits(model, meta, images), labels, precision == "fp32")
+    return gzip.compress(data, 9, mtime=0), {"check": {"source": source, **check}, "bytes_model_raw": len(data)}
+
+
+def info(meta, precision: str, top_k: int, model: str = "model.onnx", runtime: str = "ort-web") -> dict:
     """``model-info.json``: what the page needs to feed the model and label its output."""
     pre = meta.preprocess
     return {"arch": meta.arch, "class_names": meta.class_names, "image_size": pre.image_size,
             "resize_size": getattr(pre, "resize_size", None) or pre.image_size, "precision": precision,
-            "top_k": min(top_k, meta.num_classes), "input": "uint8 NHWC RGB", "ort_web": ORT_WEB_VERSION}
+            "top_k": min(top_k, meta.num_classes), "input": "uint8 NHWC RGB", "model": model, "runtime": runtime,
+            **({"ort_web": ORT_WEB_VERSION} if runtime == "ort-web" else {})}
 
 
 def export_web(checkpoint, out=None, precision: str = "fp32", ort_web=None, top_k: int = 5,
-               calib_data=None) -> dict:
+               calib_data=None, runtime: str = "engine") -> dict:
     """Write the site folder into a temporary folder beside ``out``, then rename it into place."""
+    from .cengine import packaged_wasm
     from .checkpoint import read_metadata, resolve_checkpoint
 
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown --runtime {runtime!r} for the web: choose {' or '.join(RUNTIMES)}")
     meta = read_metadata(checkpoint)
     out = Path(out) if out else resolve_checkpoint(checkpoint).parent / "site"
     if out.exists() and not (out / "model-info.json").is_file():
         raise UsageError(f"--out {out} exists and is not a site this command wrote: choose a new folder")
-    runtime = ort_web_dir(ort_web)  # before the work: a missing runtime fails fast
-    data, check = site_model(checkpoint, precision, calib_data)
+    if runtime == "engine":
+        wasm = packaged_wasm()
+        data, check = engine_model(checkpoint, precision, calib_data)
+        files = {"engine.wasm": wasm.read_bytes(), "model.sqz": data,
+                 "runtime.js": (ASSETS / "runtime-engine.js").read_bytes()}
+        model_name = "model.sqz"
+    else:
+        folder = ort_web_dir(ort_web)  # before the work: a missing runtime fails fast
+        data, check = site_model(checkpoint, precision, calib_data)
+        files = {f"ort/{name}": (folder / name).read_bytes() for name in ORT_WEB_FILES}
+        files |= {"model.onnx": data, "runtime.js": (ASSETS / "runtime-ort.js").read_bytes()}
+        model_name = "model.onnx"
+    files |= {name: (ASSETS / name).read_bytes() for name in PAGE}
+    files["model-info.json"] = (json.dumps(info(meta, precision, top_k, model_name, runtime), indent=1) + "\n").encode()
+    write_site(out, files)
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    runtime_files = [k for k in sizes if k.startswith("ort/") or k == "engine.wasm"]
+    gz = {k: len(v) if k == "model.sqz" else len(gzip.compress(v, 9, mtime=0)) for k, v in files.items()}
+    return {"format": "web", "runtime": runtime, "out": str(out), "precision": precision, "files": sizes,
+            "bytes_model": sizes[model_name], "bytes_runtime": sum(sizes[k] for k in runtime_files),
+            "bytes_total": sum(sizes.values()), "bytes_gzip": sum(gz.values()), "files_gzip": gz,
+            **({"ort_web": ORT_WEB_VERSION} if runtime == "ort-web" else {}), **check}
+
+
+def write_site(out: Path, files: dict[str, bytes]) -> None:
+    """The files in a temporary folder beside ``out``, renamed into place: nothing half-written."""
     mkdir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".squeezenet-tmp", dir=out.parent))
     try:
-        (tmp / "ort").mkdir()
-        for name in ORT_WEB_FILES:
-            shutil.copyfile(runtime / name, tmp / "ort" / name)
-        for name in ("index.html", "app.js"):
-            shutil.copyfile(ASSETS / name, tmp / name)
-        (tmp / "model.onnx").write_bytes(data)
-        (tmp / "model-info.json").write_text(json.dumps(info(meta, precision, top_k), indent=1) + "\n")
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         for p in tmp.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(tmp, 0o755)
@@ -152,8 +203,3 @@ def export_web(checkpoint, out=None, precision: str = "fp32", ort_web=None, top_
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
-    runtime_bytes = sum(v for k, v in sizes.items() if k.startswith("ort/"))
-    return {"format": "web", "out": str(out), "precision": precision, "files": sizes,
-            "bytes_model": sizes["model.onnx"], "bytes_runtime": runtime_bytes,
-            "bytes_total": sum(sizes.values()), "ort_web": ORT_WEB_VERSION, "ort_web_from": str(runtime), **check}

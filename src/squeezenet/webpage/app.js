@@ -1,12 +1,8 @@
-// Classifies images in the page with onnxruntime-web (WebAssembly). The model takes uint8 RGB pixels
-// (N, H, W, 3) at its size and does its own scaling and normalisation, so this script only resizes
-// the shorter side and crops the centre, as `squeezenet predict` does.
-import * as ort from "./ort/ort.wasm.bundle.min.mjs";
-
-// The bundle carries its loader; only the binary is fetched, from beside it.
-ort.env.wasm.wasmPaths = { wasm: new URL("./ort/ort-wasm-simd-threaded.wasm", import.meta.url).href };
-// Threads need a cross-origin-isolated page (COOP/COEP headers, as `squeezenet serve` sends).
-ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// Classifies images in the page, offline. The runtime (runtime.js: squeezenet's C engine as
+// WebAssembly, or onnxruntime-web) takes uint8 RGB pixels at the model's size and normalises them
+// itself, so this script only resizes the shorter side and crops the centre, as `squeezenet
+// predict` does.
+import * as runtime from "./runtime.js";
 
 const status = document.getElementById("status");
 const results = document.getElementById("results");
@@ -14,10 +10,10 @@ const results = document.getElementById("results");
 async function load() {
   const info = await (await fetch("model-info.json")).json();
   const t0 = performance.now();
-  const session = await ort.InferenceSession.create("model.onnx", { executionProviders: ["wasm"] });
+  const model = await runtime.load(info);
   status.textContent = `${info.arch}, ${info.class_names.length} classes, ${info.precision}: ready ` +
-    `(loaded in ${(performance.now() - t0).toFixed(0)} ms, ${ort.env.wasm.numThreads} thread(s))`;
-  return { info, session };
+    `(loaded in ${(performance.now() - t0).toFixed(0)} ms, ${model.name})`;
+  return { info, model };
 }
 const ready = load().catch((e) => { status.textContent = `cannot load the model: ${e.message || e}`; throw e; });
 
@@ -43,7 +39,7 @@ function pixels(image, info, canvas) {
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
     rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
   }
-  return new ort.Tensor("uint8", rgb, [1, S, S, 3]);
+  return rgb;
 }
 
 function topK(logits, names, k) {
@@ -56,7 +52,7 @@ function topK(logits, names, k) {
 
 // Classifies a Blob (a file, or a fetched URL): {name, top, ms} or {name, error}.
 async function classify(blob, name, canvas = document.createElement("canvas")) {
-  const { info, session } = await ready;
+  const { info, model } = await ready;
   let image;
   try {
     image = await createImageBitmap(blob, { imageOrientation: "from-image" });  // EXIF upright
@@ -66,9 +62,8 @@ async function classify(blob, name, canvas = document.createElement("canvas")) {
   const input = pixels(image, info, canvas);
   image.close();
   const t0 = performance.now();
-  const out = await session.run({ [session.inputNames[0]]: input });
+  const logits = await model.run(input);
   const ms = performance.now() - t0;
-  const logits = out[session.outputNames[0]].data;
   return { name, top: topK(logits, info.class_names, info.top_k), ms, logits: Array.from(logits) };
 }
 
