@@ -78,7 +78,7 @@ def test_export_torchscript_standalone(cli, ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--format", "tflite"], 2, "unknown format 'tflite'"),
+    (["--format", "coreml"], 2, "unknown format 'coreml'"),
     (["--format", "onnx", "--opset", "7"], 2, "unsupported --opset 7"),
     (["--format", "onnx", "--opset", "99"], 2, "unsupported --opset 99"),
 ])

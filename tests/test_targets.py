@@ -737,3 +737,39 @@ def test_engines_on_decoded_pixels_give_the_float_engines_logits(ckpt):
         assert np.abs(a - b).max() < 1e-4 and (a.argmax(1) == b.argmax(1)).all(), rt
     engine = runtime.make_engine(model, meta, "onnxruntime", "fp32", ckpt, pixels=True)
     assert engine.pixels and engine(pixels).shape == (4, len(meta.class_names))
+
+
+# ----------------------------------------------------------------------------- LiteRT
+
+def test_tflite_runs_in_the_litert_interpreter_and_agrees_with_predict(cli, ckpt, pixels, python_predictions,
+                                                                       tmp_path):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    from squeezenet.mobile import tflite_runner
+
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"m.{precision}.tflite"
+        code, stdout, err = cli("export", ckpt, "--format", "tflite", "--precision", precision, "--out", out,
+                                "--json", tmp_path / "r.json")
+        assert code == 0, err
+        r = json.loads((tmp_path / "r.json").read_text())
+        assert r["bytes"] == out.stat().st_size and (tmp_path / f"m.{precision}.labels.txt").read_text() == "cat\ndog\n"
+        probs = tflite_runner(out.read_bytes())(rgb(pixels))
+        for p, row in zip(pixels, probs):
+            expected = python_predictions[str(p)][0]
+            tol = 1e-4 if precision == "fp32" else 0.1
+            assert row.argmax() == expected["index"] or precision == "int8"
+            assert abs(row[expected["index"]] - expected["probability"]) <= tol
+        if precision == "int8":
+            assert r["eval_count"] == 16 and abs(r["top1_drop"]) <= 25 and r["bytes"] < 0.5 * 2.9e6
+
+
+def test_tflite_without_litert_says_what_to_install(cli, ckpt, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else
+                        real(name, *a))
+    code, _, err = cli("export", ckpt, "--format", "tflite", "--out", tmp_path / "m.tflite")
+    assert code == 1 and "litert_torch" in err and "squeezenet-kit[tflite]" in err
+    assert not list(tmp_path.iterdir())

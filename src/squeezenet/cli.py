@@ -120,6 +120,8 @@ def cmd_export(args) -> int:
         return _export_executorch(args)
     if args.format == "c":
         return _export_c(args)
+    if args.format == "tflite":
+        return _export_tflite(args)
     if args.precision not in (None, "fp32"):
         raise UsageError("--precision int8 for ONNX is `squeezenet quantize`; --precision applies to "
                          "--format web and executorch")
@@ -173,6 +175,20 @@ def _export_c(args) -> int:
     print(f"checked against PyTorch on {c['images']:,} images ({c['source']}): logits {c['max_rel_diff']:.1e} "
           f"apart, same top-1 on {c['agreement']:.2f}%{score}")
     print(f"build and run it: make -C {r['out']} && {r['out']}/sqz-classify IMAGE.ppm")
+    return 0
+
+
+def _export_tflite(args) -> int:
+    from .mobile import export_tflite
+
+    if args.input not in (None, "uint8"):
+        raise UsageError("the .tflite takes uint8 RGB pixels: --input float does not apply to --format tflite")
+    r = export_tflite(args.checkpoint, args.out, args.precision or "fp32", args.calib_data)
+    _write_json(args.json, r)
+    check = (f"max abs diff {r['max_abs_diff']:.2e} on {r['checked_on']} images" if "max_abs_diff" in r else
+             f"top-1 fp32 {r['top1_fp32']:.2f}% int8 {r['top1_int8']:.2f}% on {r['eval_count']:,} images")
+    print(f"wrote {r['out']} ({r['bytes'] / 1e6:.2f} MB, LiteRT {r['precision']}, uint8 RGB in, probabilities out) "
+          f"and {r['labels']}; run by the LiteRT interpreter against PyTorch: {check}")
     return 0
 
 
@@ -336,13 +352,14 @@ def _add_deploy_parsers(sub) -> None:
     s = sub.add_parser("export", help="ONNX, TorchScript, a web page or ExecuTorch, checked against PyTorch")
     s.add_argument("checkpoint")
     s.add_argument("--format", required=True, help="onnx, torchscript, web (a static folder that runs in the "
-                   "browser), executorch (.pte for phones) or c (the C engine for microcontrollers and "
+                   "browser), executorch (.pte for phones), tflite (LiteRT, for Android and MediaPipe) or c "
+                   "(the C engine for microcontrollers and "
                    "embedded Linux: model.c/.h, the engine, an example and its Makefile)")
     s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte / c/)")
     s.add_argument("--input", choices=("uint8", "float"), help="uint8: RGB pixels (N, H, W, 3) with the "
                    "preprocessing inside the model (default for web and executorch); float: normalised "
                    "NCHW (default for onnx and torchscript)")
-    s.add_argument("--precision", choices=("fp32", "int8"), help="web, executorch and c: int8 quantized on the "
+    s.add_argument("--precision", choices=("fp32", "int8"), help="web, executorch, tflite and c: int8 quantized on the "
                    "training images (default fp32)")
     s.add_argument("--calib-data", help="int8: folder of calibration images (default: the training data)")
     s.add_argument("--ort-web", metavar="DIR", help="web: onnxruntime-web's dist folder (default: "

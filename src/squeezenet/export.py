@@ -33,7 +33,7 @@ from .runs import RunMeta
 
 FORMATS = ("onnx", "torchscript")
 # Formats whose writers live above this layer (web.py, mobile.py); the CLI dispatches to them.
-TARGETS = (*FORMATS, "web", "executorch", "c")
+TARGETS = (*FORMATS, "web", "executorch", "tflite", "c")
 INPUTS = ("float", "uint8")
 # 10: first MaxPool with ceil_mode (the torchvision export bug); 13: per-channel QDQ for quantize;
 # 20: the highest the TorchScript-based exporter writes. The torch.export-based exporter needs the

@@ -113,3 +113,120 @@ def export_executorch(checkpoint, out=None, precision: str = "fp32", input_type:
         tmp.write_bytes(data)
     return {"format": "executorch", "out": str(out), "bytes": out.stat().st_size, "precision": precision,
             "input": input_type, "delegate": "XNNPACK", "outside_delegate": sorted(set(outside)), **check}
+
+
+# ----------------------------------------------------------------------------- LiteRT (.tflite)
+
+def require_litert() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # LiteRT's C++ logging, one line per interpreter
+    missing = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SqueezeNetError(f"--format tflite needs {' and '.join(missing)}: pip install 'squeezenet-kit[tflite]' "
+                              f"(litert-torch and ai-edge-litert, about 0.9 GB with jax)")
+
+
+class Probabilities(torch.nn.Module):
+    """uint8 RGB pixels (N, H, W, 3) in, class probabilities out: what Android's and MediaPipe's
+    image classifiers take and give (their scores are probabilities)."""
+
+    def __init__(self, model: torch.nn.Module, meta):
+        super().__init__()
+        self.net = raw_wrapper(model, meta)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(images), dim=1)
+
+
+def tflite_bytes(module: torch.nn.Module, example: torch.Tensor, calib: torch.Tensor | None = None) -> bytes:
+    """The ``.tflite`` of ``module`` at ``example``'s shape by litert-torch; ``calib``: int8 first
+    (PT2E with LiteRT's quantizer: static, symmetric per-channel weights, observers fed these)."""
+    import tempfile
+
+    import litert_torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("torchao", "absl", "litert_torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        module = module.eval()
+        if calib is None:
+            edge = litert_torch.convert(module, (example,))
+        else:
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+            from litert_torch.quantize.quant_config import QuantConfig
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+            for i in range(len(calib)):
+                prepared(calib[i:i + 1])
+            edge = litert_torch.convert(convert_pt2e(prepared, fold_quantize=False), (example,),
+                                        quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        with tempfile.TemporaryDirectory() as tmp:
+            edge.export(f"{tmp}/m.tflite")
+            return Path(f"{tmp}/m.tflite").read_bytes()
+
+
+def tflite_runner(data: bytes):
+    """A function from uint8 NHWC images (numpy) to probabilities, run by the LiteRT interpreter
+    image by image (an int8 output dequantized by its own scale)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = out.get("quantization", (0.0, 0))
+
+    def run(x):
+        rows = []
+        for i in range(len(x)):
+            interpreter.set_tensor(inp["index"], np.ascontiguousarray(x[i:i + 1]))
+            interpreter.invoke()
+            y = interpreter.get_tensor(out["index"]).astype(np.float32)
+            rows.append((y - zero) * scale if scale else y)
+        return np.concatenate(rows)
+    return run
+
+
+def export_tflite(checkpoint, out=None, precision: str = "fp32", calib_data=None, split: str = "test") -> dict:
+    """``export --format tflite``: converted by litert-torch, run by the LiteRT interpreter against
+    PyTorch (fp32: probabilities within 1e-4; int8: top-1 on the evaluation data), then written
+    with ``labels.txt`` beside it."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown --precision {precision!r} for tflite: choose fp32 or int8")
+    require_litert()
+    model, meta = load_checkpoint(checkpoint)
+    if meta.preprocess.in_channels not in (1, 3):
+        raise SqueezeNetError(f"the .tflite takes RGB pixels, and this model takes {meta.preprocess.in_channels} "
+                              f"channels")
+    module = Probabilities(model, meta).eval()
+    images = as_rgb_nhwc(sample_images(meta))
+    calib = training_images(meta, calib_data, NUM_CALIB, raw=True) if precision == "int8" else None
+    try:
+        data = tflite_bytes(module, images[:1], calib)
+    except Exception as e:  # the converter raises many types for unsupported graphs
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise SqueezeNetError(f"cannot convert this checkpoint to LiteRT ({type(e).__name__}: {first})") from None
+    run = tflite_runner(data)
+    with torch.no_grad():
+        expected = module(images).numpy()
+    got = run(images.numpy())
+    check = {"agreement_top1": float((got.argmax(1) == expected.argmax(1)).mean()), "checked_on": len(images)}
+    if precision == "fp32":
+        check["max_abs_diff"] = _compare(got, expected, "LiteRT")
+    else:
+        test = eval_data(meta, split=split)
+        with torch.no_grad():
+            check.update(top1_fp32=accuracy(lambda b: module(torch.as_tensor(b)).numpy(), test, raw=True),
+                         top1_int8=accuracy(run, test, raw=True), eval_count=len(test))
+        check["top1_drop"] = check["top1_fp32"] - check["top1_int8"]
+    out = Path(out) if out else default_out(checkpoint, ".int8.tflite" if precision == "int8" else ".tflite")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    labels = out.with_name(out.stem + ".labels.txt")
+    with atomic_path(labels) as tmp:
+        tmp.write_text("\n".join(meta.class_names) + "\n")
+    return {"format": "tflite", "out": str(out), "labels": str(labels), "bytes": len(data), "precision": precision,
+            "input": "uint8 NHWC RGB", "output": "probabilities", **check}
