@@ -216,9 +216,10 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_export_c_compiles_runs_and_states_its_flash_and_ram(cli, ckpt, tmp_path, precision):
+def test_export_c_compiles_runs_and_states_its_flash_and_ram(cli, ckpt, tmp_path, precision, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --out relative to the working directory
     out = tmp_path / "c"
-    code, stdout, err = cli("export", ckpt, "--format", "c", "--precision", precision, "--out", out,
+    code, stdout, err = cli("export", ckpt, "--format", "c", "--precision", precision, "--out", "c",
                             "--json", tmp_path / "r.json")
     assert code == 0, err
     r = json.loads((tmp_path / "r.json").read_text())

@@ -367,7 +367,7 @@ def export_c(checkpoint, out=None, precision: str = "fp32", data_dir=None, max_r
     arena = int(info.header["arena_bytes"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp).resolve()
         code, stack, target = code_size(tmp)
         ram = {"arena_bytes": arena, "stack_bytes": stack, "ram_bytes": arena + stack + 20}  # + sqz_model (32-bit)
         if max_ram is not None and ram["ram_bytes"] > max_ram:

@@ -234,7 +234,7 @@ def cmd_quantize(args) -> int:
 def cmd_compress(args) -> int:
     from .compress import compress
 
-    r = compress(args.checkpoint, args.sparsity, args.bits, args.steps, args.out, args.split)
+    r = compress(args.checkpoint, args.sparsity, args.bits, args.steps, args.out, args.split, args.data_dir)
     _write_json(args.json, r)
     print(f"wrote {r['out']}: {r['bytes_compressed'] / 1e6:.3f} MB vs {r['bytes_fp32'] / 1e6:.3f} MB "
           f"fp32 safetensors ({1 / r['size_ratio']:.1f}x smaller; {r['sparsity']:.1%} of conv weights "
@@ -415,6 +415,8 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--steps", type=_positive, default=3000, help="retraining steps in all, batch 128 (3000)")
     s.add_argument("--out", help="default: beside the checkpoint (.sqz)")
     s.add_argument("--split", choices=("val", "test"), default="test")
+    s.add_argument("--data-dir", help="held-out images to score before and after (default: the checkpoint's "
+                   "evaluation split)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_compress)
 

@@ -186,14 +186,15 @@ def encode(model: nn.Module, meta: RunMeta, bits: int, shared: dict | None = Non
 
 
 def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
-             split: str = "test") -> dict:
+             split: str = "test", data_dir=None) -> dict:
     if not 0 <= sparsity < 1:
         raise UsageError(f"--sparsity must be in [0, 1), got {sparsity}")
     if not 1 <= bits <= 8:
         raise UsageError(f"--bits must be 1..8, got {bits}")
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path)
-    _, loader = eval_loader(meta, split=split, train_hashes=train_hashes(path) if split == "test" else None)
+    _, loader = eval_loader(meta, data_dir=data_dir, split=split,
+                            train_hashes=train_hashes(path) if split == "test" else None)
     classes = meta.num_classes
     before = evaluate(model, loader, classes)["top1"]
     log.info(f"{path}: top-1 {before:.2f}% on {split}; pruning to {sparsity:.0%} with {steps} fine-tuning steps")
