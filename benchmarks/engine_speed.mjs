@@ -19,7 +19,7 @@ const arenaBytes = e.sqz_arena_bytes(at), arena = take(arenaBytes);
 const status = e.sqz_init(state, at, model.length, arena, arenaBytes);
 if (status) throw new Error(`sqz_init: ${status}`);
 const n = e.sqz_decode_bytes(state);
-if (n) e.sqz_decode(state, take(n), n);
+if (n && !process.env.SQZ_NO_CACHE) e.sqz_decode(state, take(n), n);
 const size = new DataView(memory.buffer).getUint32(at + 16, true);
 const pixels = new Uint8Array(memory.buffer, e.sqz_input(state), size * size * 3);
 let seed = 1;

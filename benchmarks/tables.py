@@ -585,6 +585,66 @@ def deploy_serve(_runs: list[dict], suffix: str = "") -> str:
         f"`{r['command']}`" for r in measured)
 
 
+ENGINE = "engine-targets-epyc.json"  # one run of benchmarks/engine_targets.py
+ENGINE_ROWS = ("PyTorch fp32", "C native fp32", "C native int8", "C native int8 weights, fp32 math",
+               "C native codebook", "browser engine fp32", "browser engine int8", "browser engine codebook",
+               "browser onnxruntime-web fp32", "browser onnxruntime-web int8", "LiteRT fp32 (.tflite)",
+               "LiteRT int8 (.tflite)")
+
+
+def _engine(table):
+    def make(_runs: list[dict]) -> str:
+        t = _speed_file(ENGINE)
+        if t is None:
+            return NOT_MEASURED
+        return table(t) + f"\n\n{t['cpu']}, {t['date']}: `{t['command']}`"
+    return make
+
+
+def engine_targets(t: dict) -> str:
+    """The C engine, the page and LiteRT beside PyTorch, per data set: size (gzip), top-1 and agreement, p50."""
+    models = t["models"]
+    head = ["target"]
+    for name, m in models.items():
+        head += [f"{name} ({m['input_size']} px): size (gzip)", "top-1 (agreement)", "p50 ms"]
+    rows = []
+    for row in ENGINE_ROWS:
+        if not any(row in m["rows"] for m in models.values()):
+            continue
+        cells = [row]
+        for m in models.values():
+            r = m["rows"].get(row)
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [f"{r['bytes'] / 1e6:.3f} MB ({r['bytes_gzip'] / 1e6:.3f})",
+                      f"{r['top1']:.2f}% ({r['agreement']:.2f}%)", f"{r['p50_ms_b1']:.2f}" if "p50_ms_b1" in r else "-"]
+        rows.append(cells)
+    return md_table(head, rows)
+
+
+def engine_page(t: dict) -> str:
+    """Everything each page loads, gzip-compressed, and the part that is not the model."""
+    rows = []
+    for name, m in t["models"].items():
+        for page, r in m["page_transfer"].items():
+            model = sum(v for k, v in r["files"].items() if k.startswith("model."))
+            rows.append([name, page.removeprefix("browser "), f"{r['bytes_gzip'] / 1e6:.3f} MB",
+                         f"{model / 1e6:.3f} MB", f"{(r['bytes_gzip'] - model) / 1e3:.1f} KB",
+                         ", ".join(sorted(r["files"]))])
+    return md_table(["model", "page", "loads (gzip)", "of which the model", "the rest", "files"], rows)
+
+
+def engine_ram(t: dict) -> str:
+    """export --format c --precision int8 of a 10-class v1.1: RAM and flash, stated and measured."""
+    rows = [[f"{r['input_size']} px", f"{r['ram_bytes']:,}", f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}",
+             f"{r['ram_high_water']:,}", f"{r['flash_bytes']:,}", f"{r['model_bytes']:,}",
+             f"{r['code_bytes']:,} ({r['code_target']})",
+             f"{r['check']['top1_engine']:.2f}% ({r['check']['top1_pytorch']:.2f}%)"] for r in t.get("ram", [])]
+    return md_table(["input", "RAM bytes", "arena (input + activations)", "stack (bound)", "arena high-water, run",
+                     "flash bytes", "model", "engine code", "top-1 int8 (fp32)"], rows)
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -608,6 +668,9 @@ TABLES = {
     "deploy-epyc": _from_targets(deploy, "targets-epyc.json"),
     "deploy-defaults-epyc": _from_targets(deploy_defaults, "targets-epyc.json"),
     "deploy-serve-epyc": lambda runs: deploy_serve(runs, "-epyc"),
+    "engine-targets": _engine(engine_targets),
+    "engine-page": _engine(engine_page),
+    "engine-ram": _engine(engine_ram),
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -255,3 +255,10 @@ def test_export_c_bad_input(cli, ckpt, tmp_path, monkeypatch):
     code, _, err = cli("export", ckpt, "--format", "c", "--out", tmp_path / "c")
     assert code == 1 and "no C compiler found" in err and "apt-get install gcc" in err
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_a_page_without_its_engine_build_says_how_to_make_it(cli, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(cengine, "PACKAGED_WASM", tmp_path / "missing" / "engine.wasm")
+    code, _, err = cli("export", ckpt, "--format", "web", "--out", tmp_path / "site")
+    assert code == 1 and "python -m squeezenet.cengine" in err and "apt-get install clang lld" in err
+    assert not (tmp_path / "site").exists()

@@ -349,6 +349,7 @@ def _weights(sec: Sections, rec, layer: Layer, form: str, books: dict, decoded: 
         if kept.sum() != len(codes):
             raise SqueezeNetError(f"{conv.name}: {len(codes)} codes for {int(kept.sum())} nonzero weights")
         dense[kept] = codes
+        dense[conv.scale.numpy() == 0] = -1  # channels BatchNorm zeroes: their weights compute nothing
         mask, packed, first = pack_codebook(dense, bits)
         rec["form"], rec["bits"] = W_CODEBOOK, bits
         rec["weights_off"], rec["codes_off"], rec["blocks_off"] = sec.add(mask), sec.add(packed), sec.add(first)

@@ -198,8 +198,121 @@ static int taps_of(const uint8_t *in, const uint8_t *zeros, int H, int W, int k,
     return taps;
 }
 
+/* ---------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+ * (Lavin and Gray, 2016) for the 3x3 convolutions of an fp32 model, where sqz_decode gave a cache:
+ * each 4x4 input tile (stride 2) is transformed, V = B'dB; the 16 products with the transformed
+ * weights, U = GgG', are 16 matrix products (tiles x cin) x (cin x cout), run by mk_f32; each 2x2
+ * output is A'MA. */
+
+static size_t wino_tiles(const sqz_layer *L) { return (size_t)((L->h + 1) / 2) * ((L->w + 1) / 2); }
+static int wino_layer(const sqz_model *m, const sqz_layer *L) {
+    return m->header->precision == SQZ_F32 && L->op == SQZ_CONV && L->k == 3;
+}
+
+/* U for one block of 8 output channels: [16][cin][8] from the block's 3x3 weights [9][cin][8]. */
+static void wino_weights(const float *g, int C, float *u, size_t stride) {
+    for (int ci = 0; ci < C; ci++) {
+        for (int c = 0; c < SQZ_BLOCK; c++) {
+            float w[3][3], t[4][3];
+            for (int y = 0; y < 3; y++)
+                for (int x = 0; x < 3; x++) w[y][x] = g[((size_t)(y * 3 + x) * C + ci) * SQZ_BLOCK + c];
+            for (int x = 0; x < 3; x++) { /* G w, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1] */
+                t[0][x] = w[0][x];
+                t[1][x] = 0.5f * (w[0][x] + w[1][x] + w[2][x]);
+                t[2][x] = 0.5f * (w[0][x] - w[1][x] + w[2][x]);
+                t[3][x] = w[2][x];
+            }
+            for (int y = 0; y < 4; y++) { /* (G w) G' */
+                float r[4] = {t[y][0], 0.5f * (t[y][0] + t[y][1] + t[y][2]), 0.5f * (t[y][0] - t[y][1] + t[y][2]),
+                              t[y][2]};
+                for (int x = 0; x < 4; x++) u[(size_t)(y * 4 + x) * stride + (size_t)ci * SQZ_BLOCK + c] = r[x];
+            }
+        }
+    }
+}
+
+/* V for every tile: [16][tiles][cin], each channel of a 4x4 input patch (zero outside the input). */
+static void wino_input(const float *in, const float *zeros, int H, int W, int C, float *v, size_t tiles) {
+    int TW = (W + 1) / 2;
+    for (size_t t = 0; t < tiles; t++) {
+        int y0 = (int)(t / TW) * 2 - 1, x0 = (int)(t % TW) * 2 - 1;
+        const float *d[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                int y = y0 + i, x = x0 + j;
+                d[i][j] = (y < 0 || y >= H || x < 0 || x >= W) ? zeros : in + ((size_t)y * W + x) * C;
+            }
+        float *o = v + t * C;
+        size_t plane = tiles * C;
+        for (int c = 0; c < C; c++) {
+            float r[4][4], s[4][4];
+            for (int j = 0; j < 4; j++) { /* B'd, B' = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] */
+                r[0][j] = d[0][j][c] - d[2][j][c];
+                r[1][j] = d[1][j][c] + d[2][j][c];
+                r[2][j] = d[2][j][c] - d[1][j][c];
+                r[3][j] = d[1][j][c] - d[3][j][c];
+            }
+            for (int i = 0; i < 4; i++) { /* (B'd) B */
+                s[i][0] = r[i][0] - r[i][2];
+                s[i][1] = r[i][1] + r[i][2];
+                s[i][2] = r[i][2] - r[i][1];
+                s[i][3] = r[i][1] - r[i][3];
+            }
+            for (int i = 0; i < 16; i++) o[i * plane + c] = s[i / 4][i % 4];
+        }
+    }
+}
+
+static void conv3x3_winograd(const sqz_model *m, const sqz_layer *L, const float *u) {
+    const float *in = (const float *)(m->arena + L->in_off), *zeros = (const float *)(m->arena + m->header->zeros_off);
+    float *out = (float *)(m->arena + L->out_off) + L->out_first, *v = m->wino_v, *prod = m->wino_m;
+    int H = (int)L->h, W = (int)L->w, C = (int)L->cin, OC = (int)L->out_channels, nb = blocks(L->cout), TW = (W + 1) / 2;
+    size_t tiles = wino_tiles(L);
+    const float *bias = file_f32(m, L->bias_off);
+    wino_input(in, zeros, H, W, C, v, tiles);
+    for (int b = 0; b < nb; b++) {
+        int n = MIN(SQZ_BLOCK, (int)L->cout - b * SQZ_BLOCK);
+        for (int xi = 0; xi < 16; xi++) { /* the 16 products of this block: tiles x 8 each */
+            const float *ub = u + ((size_t)xi * nb + b) * C * SQZ_BLOCK, *vx = v + (size_t)xi * tiles * C;
+            for (size_t t0 = 0; t0 < tiles; t0 += TILE) {
+                int np = (int)MIN((size_t)TILE, tiles - t0);
+                const float *px[TILE];
+                for (int p = 0; p < TILE; p++) px[p] = vx + (t0 + (size_t)MIN(p, np - 1)) * C;
+                mk_f32(1, C, px, &ub, np, (float(*)[SQZ_BLOCK])(prod + ((size_t)xi * tiles + t0) * SQZ_BLOCK));
+            }
+        }
+        for (size_t t = 0; t < tiles; t++) { /* A'MA, A' = [1 1 1 0; 0 1 -1 -1], then bias, ReLU, shortcut */
+            int y0 = (int)(t / TW) * 2, x0 = (int)(t % TW) * 2;
+            for (int c = 0; c < n; c++) {
+                float q[16], r[2][4], y[2][2];
+                for (int i = 0; i < 16; i++) q[i] = prod[((size_t)i * tiles + t) * SQZ_BLOCK + c];
+                for (int j = 0; j < 4; j++) {
+                    r[0][j] = q[j] + q[4 + j] + q[8 + j];
+                    r[1][j] = q[4 + j] - q[8 + j] - q[12 + j];
+                }
+                for (int i = 0; i < 2; i++) {
+                    y[i][0] = r[i][0] + r[i][1] + r[i][2];
+                    y[i][1] = r[i][1] - r[i][2] - r[i][3];
+                }
+                for (int i = 0; i < 2 && y0 + i < H; i++) {
+                    for (int j = 0; j < 2 && x0 + j < W; j++) {
+                        float *d = out + ((size_t)(y0 + i) * W + x0 + j) * OC + b * SQZ_BLOCK + c;
+                        float val = y[i][j] + bias[b * SQZ_BLOCK + c];
+                        if (L->flags & SQZ_RELU) val = MAX(val, 0.0f);
+                        *d = (L->flags & SQZ_ACCUM) ? *d + val : val;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* A stride-1 convolution (1x1, or 3x3 with padding 1) in fp32. */
 static void conv_f32(const sqz_model *m, const sqz_layer *L) {
+    if (m->wino && m->wino[L - m->layers]) {
+        conv3x3_winograd(m, L, m->decoded + m->wino[L - m->layers]);
+        return;
+    }
     const uint8_t *in = m->arena + L->in_off, *zeros = m->arena + m->header->zeros_off;
     float *out = (float *)(m->arena + L->out_off) + L->out_first;
     int H = (int)L->h, W = (int)L->w, C = (int)L->cin, k = (int)L->k, K = k * k * C, OC = (int)L->out_channels;
@@ -580,7 +693,7 @@ int sqz_init(sqz_model *m, const void *file, size_t file_bytes, void *arena, siz
         int ends = L->op == SQZ_HEAD, starts = L->op == SQZ_STEM;
         if ((i == 0) != starts || (i + 1 == h->n_layers) != ends || !check_layer(h, L, f)) return SQZ_E_LAYER;
     }
-    m->file = f, m->header = h, m->layers = layers, m->arena = (uint8_t *)arena, m->decoded = 0;
+    m->file = f, m->header = h, m->layers = layers, m->arena = (uint8_t *)arena, m->decoded = 0, m->wino = 0;
     uint8_t *zeros = m->arena + h->zeros_off;
     for (uint32_t i = 0; i < h->zeros_bytes; i++) zeros[i] = 0;
     return SQZ_OK;
@@ -621,18 +734,49 @@ const char *sqz_class_name(const sqz_model *m, int index) {
     return s < end ? s : "?";
 }
 
-size_t sqz_decode_bytes(const sqz_model *m) { return m->header->decode_bytes; }
+/* The cache's layout, in floats: the decoded weights (the file's decode_bytes), then a table of
+ * each layer's Winograd weights, those weights, and the scratch of the largest 3x3 layer. */
+static size_t cache_plan(const sqz_model *m, uint32_t *table, size_t *v_at, size_t *m_at) {
+    const sqz_header *h = m->header;
+    size_t at = h->decode_bytes / 4 + ((h->n_layers + 3) & ~3u), v = 0, p = 0;
+    for (uint32_t i = 0; i < h->n_layers; i++) {
+        const sqz_layer *L = m->layers + i;
+        if (table) table[i] = 0;
+        if (!wino_layer(m, L)) continue;
+        if (table) table[i] = (uint32_t)at;
+        at += 16 * (size_t)blocks(L->cout) * L->cin * SQZ_BLOCK;
+        v = MAX(v, 16 * wino_tiles(L) * L->cin);
+        p = MAX(p, 16 * (wino_tiles(L) + TILE) * SQZ_BLOCK);
+    }
+    if (v_at) *v_at = at, *m_at = at + v;
+    return at + v + p;
+}
+
+size_t sqz_decode_bytes(const sqz_model *m) { return 4 * cache_plan(m, 0, 0, 0); }
 
 int sqz_decode(sqz_model *m, void *cache, size_t bytes) {
-    if (((uintptr_t)cache & 15) || bytes < m->header->decode_bytes) return SQZ_E_DECODE;
+    if (((uintptr_t)cache & 15) || bytes < sqz_decode_bytes(m)) return SQZ_E_DECODE;
+    float *f = (float *)cache;
+    uint32_t *table = (uint32_t *)(f + m->header->decode_bytes / 4);
+    size_t v_at, m_at;
+    cache_plan(m, table, &v_at, &m_at);
     for (uint32_t i = 0; i < m->header->n_layers; i++) {
         const sqz_layer *L = m->layers + i;
-        if (L->form != SQZ_W_CODEBOOK && L->form != SQZ_W_I8F) continue;
         int K = (int)(L->k * L->k * L->cin);
-        for (int b = 0; b < blocks(L->cout); b++)
-            decode_block(m, L, K, b, (float *)cache + L->decoded_off + (size_t)b * K * SQZ_BLOCK);
+        if (L->form == SQZ_W_CODEBOOK || L->form == SQZ_W_I8F)
+            for (int b = 0; b < blocks(L->cout); b++)
+                decode_block(m, L, K, b, f + L->decoded_off + (size_t)b * K * SQZ_BLOCK);
     }
-    m->decoded = (float *)cache;
+    m->decoded = f;
+    for (uint32_t i = 0; i < m->header->n_layers; i++) { /* Winograd's weights, from the decoded ones */
+        const sqz_layer *L = m->layers + i;
+        int K = (int)(9 * L->cin), nb = blocks(L->cout);
+        if (!table[i]) continue;
+        for (int b = 0; b < nb; b++)
+            wino_weights(weights_f32(m, L, K, b), (int)L->cin, f + table[i] + (size_t)b * L->cin * SQZ_BLOCK,
+                         (size_t)nb * L->cin * SQZ_BLOCK);
+    }
+    m->wino = table, m->wino_v = f + v_at, m->wino_m = f + m_at;
     return SQZ_OK;
 }
 
