@@ -262,3 +262,19 @@ def test_a_page_without_its_engine_build_says_how_to_make_it(cli, ckpt, tmp_path
     code, _, err = cli("export", ckpt, "--format", "web", "--out", tmp_path / "site")
     assert code == 1 and "python -m squeezenet.cengine" in err and "apt-get install clang lld" in err
     assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("target", ["native gcc", "native clang", "aarch64 (NEON)", "Cortex-M4", "Cortex-M4 scalar",
+                                    "RISC-V 32"])
+def test_the_engine_compiles_warning_free_for_every_kind_of_target(target, tmp_path):
+    m4 = ["--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-mfloat-abi=hard"]
+    flags = {"aarch64 (NEON)": ["--target=aarch64-none-elf"], "Cortex-M4": m4,
+             "Cortex-M4 scalar": [*m4, "-DSQZ_SCALAR"],
+             "RISC-V 32": ["--target=riscv32-unknown-elf", "-march=rv32imfc", "-mabi=ilp32f"]}.get(target, [])
+    cc = shutil.which("gcc" if target == "native gcc" else "clang")
+    if cc is None:
+        pytest.skip(f"needs {'gcc' if target == 'native gcc' else 'clang'}")
+    freestanding = ["-ffreestanding"] if flags else []
+    r = subprocess.run([cc, *flags, *freestanding, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-c",
+                        str(cengine.ENGINE / "sqz.c"), "-o", str(tmp_path / "sqz.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
