@@ -257,3 +257,17 @@ def test_predict_uses_the_measured_fastest_runtime_by_default_and_agrees_with_to
     for a, b in zip(ort_r, pt_r):
         assert a["top"][0]["label"] == b["top"][0]["label"]
         assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-4)
+
+
+def test_compress_retrains_at_every_stage(ckpt):
+    """Every stage trains on its own steps: a stage that stopped early once closed the shared stream
+    of batches (tqdm's `yield from` passes the close on), and each later stage trained on nothing."""
+    from squeezenet.checkpoint import load_checkpoint
+    from squeezenet.compress import sgd_stage, training_batches
+
+    model, meta = load_checkpoint(ckpt)
+    batches = training_batches(meta, batch_size=4)
+    for _ in range(3):
+        before = model.features[0].weight.detach().clone()
+        sgd_stage(model, batches, 2, 0.01, lambda: None)
+        assert not torch.equal(before, model.features[0].weight)

@@ -93,9 +93,9 @@ def sgd_stage(model: nn.Module, batches, steps: int, lr: float, project) -> None
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-5, nesterov=True)
     cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    try:
-        train_one_epoch(model, batches, opt, scheduler=cosine, amp=autocast("auto", torch.device("cpu")),
-                        max_steps=steps, after_step=project)
+    try:  # islice: a loop that stops early closes a generator it was given (tqdm's `yield from`), not an islice
+        train_one_epoch(model, itertools.islice(batches, steps), opt, scheduler=cosine,
+                        amp=autocast("auto", torch.device("cpu")), max_steps=steps, after_step=project)
     except Diverged as d:
         raise SqueezeNetError(f"fine-tuning diverged at step {d.step + 1} (loss {d.loss}): "
                               f"nothing was written") from None
