@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SqueezeNetError
-from .files import atomic_path, cache_dir
+from .files import atomic_path, cache_dir, replace_folder
 from .modelfile import ModelFile
 
 ENGINE = Path(__file__).parent / "engine"
@@ -382,15 +382,8 @@ def export_c(checkpoint, out=None, precision: str = "fp32", data_dir=None, max_r
         (site / "model.c").write_text('#include "model.h"\n\n' + c_array(data, "sqz_model_file"))
         (site / "model.h").write_text(model_header(info, flash, ram, path.name))
         check, example = _check_c(site, data, model, meta, precision, data_dir, check_limit, cc)
-        for p in site.iterdir():
-            os.chmod(p, 0o644)
         (site / "sqz-classify").unlink()
-        os.chmod(site, 0o755)
-        old = out.with_name(f".{out.name}.old.squeezenet-tmp")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(site, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(site, out)
     return {"format": "c", "out": str(out), "precision": precision, "input_size": size, **flash, **ram,
             "files": sorted(p.name for p in out.iterdir()), "check": check, **example}
 

@@ -123,6 +123,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
+def replace_folder(tmp: Path, out: Path) -> None:
+    """A folder made beside ``out`` (``tmp``) takes its place: readable by all, the old one (a
+    page or an export this program wrote) moved aside and removed only once the new one is in."""
+    import shutil
+
+    for p in tmp.rglob("*"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chmod(tmp, 0o755)
+    old = out.with_name(f".{out.name}.old.squeezenet-tmp")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

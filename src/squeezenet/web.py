@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint
 from .data import normalize
 from .errors import SqueezeNetError, UsageError
 from .export import as_rgb_nhwc, onnx_bytes, sample_images, verify_onnx
-from .files import cache_dir, mkdir
+from .files import cache_dir, mkdir, replace_folder
 
 # Pinned as in web/package-lock.json (a test holds the two equal).
 ORT_WEB_VERSION = "1.30.0"
@@ -193,13 +193,6 @@ def write_site(out: Path, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-        for p in tmp.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
-        old = out.with_name(f".{out.name}.old.squeezenet-tmp")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
