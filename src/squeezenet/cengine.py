@@ -278,6 +278,7 @@ def check_images(meta, data_dir=None, limit: int | None = None):
         try:
             data, _ = run_splits(meta)
             source = f"training images: no held-out images here ({e}); pass --data-dir"
+            limit = limit or 2000  # enough to compare with PyTorch; they say nothing of accuracy
         except SqueezeNetError:
             pre = meta.preprocess
             g = torch.Generator().manual_seed(0)
