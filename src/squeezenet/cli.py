@@ -410,9 +410,10 @@ def _add_deploy_parsers(sub) -> None:
 
     s = sub.add_parser("compress", help="Deep Compression: prune + fine-tune, k-means weight sharing")
     s.add_argument("checkpoint")
-    s.add_argument("--sparsity", type=float, default=0.5, help="fraction of conv weights pruned (0.5)")
+    # the smallest file within a point of top-1 on a validation split: benchmarks/RESULTS.md#compress-defaults
+    s.add_argument("--sparsity", type=float, default=0.6, help="fraction of the inner conv weights pruned (0.6)")
     s.add_argument("--bits", type=int, default=4, help="bits per shared weight (4)")
-    s.add_argument("--steps", type=_positive, default=3000, help="retraining steps in all, batch 128 (3000)")
+    s.add_argument("--steps", type=_positive, default=500, help="retraining steps in all, batch 128 (500)")
     s.add_argument("--out", help="default: beside the checkpoint (.sqz)")
     s.add_argument("--split", choices=("val", "test"), default="test")
     s.add_argument("--data-dir", help="held-out images to score before and after (default: the checkpoint's "

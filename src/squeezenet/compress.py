@@ -185,7 +185,7 @@ def encode(model: nn.Module, meta: RunMeta, bits: int, shared: dict | None = Non
     return lower(model.eval(), meta, "fp32", codebooks=books)
 
 
-def compress(checkpoint, sparsity: float = 0.5, bits: int = 4, steps: int = 3000, out=None,
+def compress(checkpoint, sparsity: float = 0.6, bits: int = 4, steps: int = 500, out=None,
              split: str = "test", data_dir=None) -> dict:
     if not 0 <= sparsity < 1:
         raise UsageError(f"--sparsity must be in [0, 1), got {sparsity}")
