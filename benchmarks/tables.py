@@ -645,6 +645,20 @@ def engine_ram(t: dict) -> str:
                      "flash bytes", "model", "engine code", "top-1 int8 (fp32)"], rows)
 
 
+def compress_sweep(_runs: list[dict]) -> str:
+    """compress on a validation split: file size against top-1 lost (results/compress/*-val-*.json)."""
+    rows = []
+    for path in sorted((HERE / "results" / "compress").glob("cifar10-val-*.json")):
+        r = json.loads(path.read_text())
+        rows.append([f"{r['out'].split('/s')[-1].split('-b')[0]}", str(r["bits"]), str(r["finetune_steps"]),
+                     f"{100 * r['sparsity']:.1f}%", f"{r['bytes_compressed'] / 1e3:.0f} KB",
+                     f"{r['bytes_gzip'] / 1e3:.0f} KB", f"{r['top1_before']:.2f}%", f"{r['top1_after']:.2f}%",
+                     f"{r['top1_drop']:+.2f}"])
+    rows.sort(key=lambda row: float(row[4].split()[0]))
+    return md_table(["--sparsity", "--bits", "--steps", "weights zero", "file", "gzip", "val top-1 before",
+                     "after", "lost"], rows) if rows else NOT_MEASURED
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -671,6 +685,7 @@ TABLES = {
     "engine-targets": _engine(engine_targets),
     "engine-page": _engine(engine_page),
     "engine-ram": _engine(engine_ram),
+    "compress-sweep": compress_sweep,
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
