@@ -63,11 +63,15 @@ ARCHITECTURES = {
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_fp32_engine_computes_what_pytorch_computes(name):
+    """Directly, and by Winograd's F(2x2, 3x3) for the 3x3 convolutions (the page's build)."""
     arch, size, channels, kwargs = ARCHITECTURES[name]
     model, meta = model_and_meta(arch, size, channels, **kwargs)
     x = images(3, size)
-    got, expected = NativeEngine(lower(model, meta))(x.numpy()), pytorch_logits(model, meta, x)
-    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    expected, data = pytorch_logits(model, meta, x), lower(model, meta)
+    winograd = NativeEngine(data, library=cengine.native_library((*cengine.NATIVE_FLAGS, "-DSQZ_WINOGRAD=1")))
+    winograd.decode()
+    for got in (NativeEngine(data)(x.numpy()), winograd(x.numpy())):
+        assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
 
 
 def test_int8_engine_keeps_a_trained_models_accuracy(trained_run):

@@ -91,9 +91,9 @@ const float *sqz_logits(const sqz_model *m);
 int sqz_top1(const sqz_model *m);
 const char *sqz_class_name(const sqz_model *m, int index);
 /* fp32 models: trade RAM for speed with a cache of sqz_decode_bytes(m) bytes (16-byte aligned):
- * codebook or int8 weights decoded once (without it each block is decoded when used), and the 3x3
- * convolutions run by Winograd's F(2x2, 3x3), 2.25x fewer multiplies (the page uses it; on a
- * microcontroller, without it, they run directly). */
+ * codebook or int8 weights decoded once (without it each block is decoded when used), and, in
+ * builds with SQZ_WINOGRAD (the default for wasm), the 3x3 convolutions by Winograd's F(2x2, 3x3),
+ * 2.25x fewer multiplies. */
 size_t sqz_decode_bytes(const sqz_model *m);
 int sqz_decode(sqz_model *m, void *cache, size_t bytes);
 /* The highest arena byte the last runs wrote, when the arena was filled with SQZ_CANARY first. */
