@@ -148,8 +148,9 @@ def page_rows(ckpt, compressed, meta, page_images, labels, reference, n: int, tm
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     spec = {"pages": [{"url": f"{base}/{name.replace(' ', '-')}/", "urls": names} for name in sites]}
+    (root / "spec.json").write_text(json.dumps(spec))
     try:
-        proc = subprocess.run(["node", str(REPO / "web" / "check_page.mjs"), "-", json.dumps(spec)],
+        proc = subprocess.run(["node", str(REPO / "web" / "check_page.mjs"), "-", f"@{root / 'spec.json'}"],
                               capture_output=True, text=True, timeout=7200, cwd=REPO / "web")
     finally:
         httpd.shutdown()

@@ -3,13 +3,15 @@
 //   node web/check_page.mjs URL '{"urls": ["a.png"], "files": ["/tmp/x.png"], "runs": 1}'
 // Several pages in one browser, one after the other (their timings comparable):
 //   node web/check_page.mjs - '{"pages": [{"url": URL, "urls": [...]}, ...]}'   -> {"pages": [...]}
-import { mkdtempSync, rmSync } from "node:fs";
+//   node web/check_page.mjs - @spec.json
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [firstUrl, spec] = process.argv.slice(2);
-const parsed = JSON.parse(spec || "{}");
+// the spec, or @FILE holding it (thousands of image URLs do not fit in a command line)
+const parsed = JSON.parse((spec && spec.startsWith("@") ? readFileSync(spec.slice(1), "utf8") : spec) || "{}");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const profile = mkdtempSync(join(tmpdir(), "squeezenet-chromium-"));
 const context = await chromium.launchPersistentContext(profile, {
