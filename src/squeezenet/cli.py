@@ -161,7 +161,8 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.runtime, args.precision, args.max_batch, args.max_wait_ms,
-          args.max_bytes, args.ort_web, args.page, args.streams, args.workers)
+          args.max_bytes, args.ort_web, args.page, args.streams, args.workers, args.max_queue, args.timeout_s,
+          args.read_timeout_s, args.max_connections, args.api_key, args.cors_origin)
     return 0
 
 
@@ -228,6 +229,16 @@ def cmd_cache(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
 
 def _positive(text: str) -> int:
     try:
@@ -321,9 +332,11 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--json")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model) and the web page")
+    s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model, GET /metrics) and the "
+                       "web page")
     s.add_argument("checkpoint")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only; "
+                   "beyond it without --api-key, a warning is printed)")
     s.add_argument("--port", type=int, default=8000)
     _add_runtime_flags(s)
     s.add_argument("--max-batch", type=_positive, default=32, help="images per inference call (32)")
@@ -333,6 +346,18 @@ def _add_deploy_parsers(sub) -> None:
                                                      "one per core, at most 4; 1 for the lowest latency)")
     s.add_argument("--streams", type=_positive, default=1, help="batches each worker runs at once, its cores "
                                                                 "shared among them (1)")
+    s.add_argument("--max-queue", type=_positive, help="images waiting per worker; past it, 503 with "
+                   "Retry-After at once (default: 4 x --max-batch)")
+    s.add_argument("--timeout-s", type=_positive_float, default=10.0, help="seconds from a request's body to its "
+                   "answer; past it, 504 (10)")
+    s.add_argument("--read-timeout-s", type=_positive_float, default=30.0, help="seconds for a request's headers "
+                   "to arrive, then for its body; past it, 408 (30)")
+    s.add_argument("--max-connections", type=_positive, default=2048, help="open connections per worker; past it "
+                   "the longest idle is closed, else the new one gets 503 (2048)")
+    s.add_argument("--api-key", metavar="KEY", help="required on /predict, /model and /metrics as "
+                   "'Authorization: Bearer KEY' (default: $SQUEEZENET_API_KEY; none: open to whoever reaches it)")
+    s.add_argument("--cors-origin", metavar="ORIGIN", help="let pages of this origin call the API (e.g. "
+                   "https://example.com; default: none)")
     s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
     s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
     s.set_defaults(func=cmd_serve)
