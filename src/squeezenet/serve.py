@@ -724,12 +724,27 @@ def _front(predict: Predict, app, isolate: bool, api_key: str | None = None, cor
         await app(scope, receive, send_with_headers if isolate and scope["type"] == "http" else send)
     outer = front
     if cors_origin is not None:
-        from starlette.middleware.cors import CORSMiddleware
-
-        outer = CORSMiddleware(front, allow_origins=[cors_origin], allow_methods=["GET", "POST"],
-                               allow_headers=["Authorization", "Content-Type"], max_age=600)
+        outer = _cors(front, cors_origin)
     outer.state = app.state
     return outer
+
+
+def _cors(app, origin: str):
+    """Starlette's CORS middleware for one origin, its refused preflights in JSON like every refusal."""
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse
+
+    class CORS(CORSMiddleware):
+        def preflight_response(self, request_headers):
+            response = super().preflight_response(request_headers)
+            if response.status_code < 400:
+                return response
+            message = f"{response.body.decode()[:200]}: this service lets pages of {origin} call it"
+            headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+            return JSONResponse(error_body(response.status_code, message), response.status_code, headers)
+
+    return CORS(app, allow_origins=[origin], allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"], max_age=600)
 
 
 def build_site(checkpoint, ort_web=None) -> tuple[Path | None, str]:
@@ -792,14 +807,14 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, runtime: str = 
         raise UsageError("--api-key must be a non-empty word without spaces")
     if cors_origin is not None and (cors_origin == "*" or "://" not in cors_origin):
         raise UsageError(f"--cors-origin {cors_origin!r}: give one origin, e.g. https://example.com")
+    if api_key is None and beyond_this_machine(host):
+        log.warning(f"warning: listening on {host}, beyond this machine, with no API key: anyone who reaches it "
+                    f"may use the service (set --api-key or SQUEEZENET_API_KEY)")
     workers = workers or default_workers()
     sock = listen(host, port, 2048 if workers == 1 else None)
     load_checkpoint(checkpoint)  # a bad checkpoint or runtime fails here, once, before any worker starts
     candidates(runtime, precision, find_int8(checkpoint) if precision != "fp32" else Int8Model(None))
     max_connections = open_files(max_connections)
-    if api_key is None and beyond_this_machine(host):
-        log.warning(f"warning: listening on {host}, beyond this machine, with no API key: anyone who reaches port "
-                    f"{sock.getsockname()[1]} may use the service (set --api-key or SQUEEZENET_API_KEY)")
     site, why = build_site(checkpoint, ort_web) if page else (None, "--no-page")
     if site is None:
         log.warning(f"serving without the web page: {why}")
@@ -894,8 +909,9 @@ def _supervise(address, settings: dict, where: str) -> None:
                     p.join(DRAIN_SECONDS)
                 if stopping:
                     return
-                raise SqueezeNetError(f"a server worker exited while starting (exit code {failed[0].exitcode}; "
-                                      f"see the message above)")
+                i = procs.index(failed[0])
+                raise SqueezeNetError(f"a server worker exited while starting: worker {i} (pid {failed[0].pid}) "
+                                      f"{exit_reason(failed[0].exitcode)} (see the message above)")
             time.sleep(0.05)
         log.info(f"{where}; {n} worker processes")
         unbidden = None
