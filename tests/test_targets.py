@@ -531,10 +531,14 @@ def test_a_full_queue_gets_503_at_once_and_a_timed_out_request_is_never_run(ckpt
             body = pixels[0].read_bytes()
             first = await asyncio.gather(*[post(body, 0.01 * i) for i in range(5)])
             await asyncio.sleep(0.2)  # the streams finish the batches nobody waits for any more
-            return first, await post(body), batcher.queued
+            after = await post(body)
+            app.state.predict.max_held = len(body) - 1  # the bound on bytes of bodies held at once
+            return first, after, batcher.queued, await post(body), app.state.predict.held
         finally:
             await batcher.stop()
-    first, after, queued = asyncio.run(main())
+    first, after, queued, held, still_held = asyncio.run(main())
+    assert held[0] == 503 and "MiB of uploads" in held[2]["error"] and held[1][b"retry-after"] == b"1"
+    assert still_held == 0
     assert [r[0] for r in first] == [504, 504, 504, 504, 503]
     status, headers, body, seconds = first[4]
     assert headers[b"retry-after"] == b"1" and "at most 2" in body["error"] and seconds < 0.1
@@ -548,14 +552,19 @@ def test_a_worker_that_dies_stops_the_service_and_says_how(ckpt, tmp_path):
     service stops its other worker, exits 1 and names the worker and the signal."""
     proc, port = start_server(ckpt, "--runtime", "onnxruntime", "--no-page", "--workers", "2", cache=tmp_path)
     timer = threading.Timer(60, proc.kill)
-    timer.start()
-    while "2 worker processes" not in proc.stdout.readline():  # both up
-        pass
-    timer.cancel()
-    workers = worker_pids(proc)
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGABRT)
-    assert proc.wait(30) == 1
+    try:
+        timer.start()
+        while "2 worker processes" not in proc.stdout.readline():  # both up
+            pass
+        timer.cancel()
+        workers = worker_pids(proc)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGABRT)
+        assert proc.wait(30) == 1
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
     log = proc.stdout.read()
     assert f"(pid {workers[1]}) was killed by SIGABRT" in log and "other workers were stopped" in log
     assert "Traceback" not in log
@@ -673,6 +682,9 @@ def test_serve_health_model_and_page(server):
     assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 10 * 2**20 and info["api_key"] is True
     assert (info["max_queue"], info["timeout_s"], info["max_connections"]) == (128, 10.0, 300)
     assert request(server, "GET", "/predict")[0] == 405  # POST only, on the fast path as through Starlette
+    # refusals of the other paths in JSON too; a body they take not left unread
+    assert request(server, "GET", "/nowhere.txt" if info["page"] else "/nowhere")[1]["status"] == 404
+    assert request(server, "POST", "/model", bytes(11_000_000))[1]["error"].startswith("POST /model: only POST")
     cores = len(os.sched_getaffinity(0))
     assert (info["workers"], info["streams"], info["threads_per_stream"]) == (2, 1, max(1, cores // 2))
     if info["page"]:
@@ -889,11 +901,12 @@ def test_serve_idle_connections_do_not_starve_others(server, pixels, many_files)
     nothing fill the limit: a new one gets a 503 it can read, until the read timeout cuts them."""
     png = {"Content-Type": "image/png"}
     idle = []
-    for _ in range(1500):
-        s = socket.create_connection(("127.0.0.1", server), timeout=10)
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        idle.append(s)
-    assert all(s.recv(4096).startswith(b"HTTP/1.1 200") for s in idle)
+    for _ in range(15):  # a hundred at a time, each answered, then idle
+        more = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(100)]
+        for s in more:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert all(s.recv(4096).startswith(b"HTTP/1.1 200") for s in more)
+        idle += more
     t0 = time.monotonic()
     assert request(server, "POST", "/predict", pixels[0].read_bytes(), png)[0] == 200
     assert time.monotonic() - t0 < 1

@@ -10,9 +10,11 @@ network needs and uvicorn 0.55 lacks.
   bound on its size.
 - A connection limit per worker: past it the oldest idle keep-alive connection is closed, or, with
   none idle, the new one gets a 503.
+- Its own accept loop, up to 256 connections a turn of the event loop: uvloop accepts one a turn,
+  and a turn lasts a whole batch where the batch runs on the loop's thread.
 
 This leans on uvicorn's internals (``HttpToolsProtocol``'s parser callbacks, ``cycle``,
-``server_state``; ``Server``'s ``servers``, ``lifespan``, ``shutdown``), read from uvicorn 0.55:
+``server_state``; ``Server``'s ``lifespan``, ``startup``, ``shutdown``), read from uvicorn 0.55:
 the serve extra's uvicorn range is what was tested.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import socket
 import struct
 import termios
 from collections import OrderedDict
@@ -37,6 +40,7 @@ MAX_HEAD_BYTES = 64 * 1024  # a request line and headers past this get 431 (ngin
 MAX_LINGERING = 256  # refused connections kept open a moment to read the refusal; past this, closed at once
 LINGER_S = 1.0
 NEW_CONNECTION_GRACE_S = 1.0  # at shutdown, a connection with no request yet is kept this long after it opened
+ACCEPT_BATCH = 256  # connections taken in per turn of the event loop
 
 
 def unread(transport) -> int:
@@ -221,46 +225,87 @@ class Protocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def accept_waiting(sock) -> list:
-    """The connections the kernel accepted on a listening socket and nobody took yet."""
+def accept_waiting(sock, limit: int | None = None) -> list:
+    """Up to ``limit`` of the connections the kernel accepted on a listening socket and nobody
+    took yet; ``OSError`` where it cannot take one (out of file descriptors, say)."""
     accepted = []
-    sock.setblocking(False)
-    while True:
+    while limit is None or len(accepted) < limit:
         try:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
-            return accepted
-        except OSError as e:  # out of file descriptors, say: these stay with the kernel, which resets them
-            log.warning(f"at shutdown, could not take in the connections waiting: {e}")
-            return accepted
+            break
+        except (ConnectionAbortedError, PermissionError):  # gone before it was taken; a firewall's refusal
+            continue
+        except OSError:
+            if accepted:
+                break
+            raise
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers go out whole, at once
         accepted.append(conn)
+    return accepted
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server with the ``Guard`` above, and a shutdown that answers every request whose
-    connection the kernel accepted before the signal."""
+    """uvicorn's server with the ``Guard`` above, accepting connections itself (uvloop takes one
+    per turn of the event loop, and with a batch running on the loop's thread a turn lasts the
+    batch: new connections waited in the backlog for tens of seconds under load), and a shutdown
+    that answers every request whose connection the kernel accepted before the signal."""
 
     def __init__(self, config: uvicorn.Config, guard: Guard):
         super().__init__(config)
         self.server_state.guard = guard
+        self.listening: list = []
+
+    def protocol(self):  # as uvicorn's startup builds each connection's
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                               app_state=self.lifespan.state, _loop=asyncio.get_running_loop())
+
+    async def startup(self, sockets=None) -> None:
+        """uvicorn's startup for listening sockets passed in, with this server's accept loop."""
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the app's startup failed, said in the log
+        loop = asyncio.get_running_loop()
+        self.servers = []
+        for sock in sockets or []:
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept, sock)
+            self.listening.append(sock)
+        self.started = True
+
+    def _accept(self, sock) -> None:
+        """The connections waiting, ACCEPT_BATCH at most a turn, each to uvicorn's protocol."""
+        loop = asyncio.get_running_loop()
+        try:
+            conns = accept_waiting(sock, ACCEPT_BATCH)
+        except OSError as e:  # out of file descriptors: the kernel keeps them waiting; try again shortly
+            log.warning(f"cannot accept connections: {e}")
+            loop.remove_reader(sock.fileno())
+            loop.call_later(0.5, lambda: sock.fileno() >= 0 and loop.add_reader(sock.fileno(), self._accept, sock))
+            return
+        for conn in conns:
+            loop.create_task(self._connect(conn))
+
+    async def _connect(self, conn) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self.protocol, conn)
+        except OSError:
+            conn.close()
 
     async def shutdown(self, sockets=None) -> None:
         loop, state, config = asyncio.get_running_loop(), self.server_state, self.config
         state.guard.stopping = True
-        waiting = [conn for sock in sockets or [] for conn in accept_waiting(sock)]
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-
-        def protocol():  # as uvicorn's startup builds each connection's
-            return config.http_protocol_class(config=config, server_state=state, app_state=self.lifespan.state,
-                                              _loop=loop)
-        for conn in waiting:
+        waiting = []
+        for sock in self.listening:
+            loop.remove_reader(sock.fileno())
             try:
-                await loop.connect_accepted_socket(protocol, conn)
-            except OSError:
-                conn.close()
+                waiting += accept_waiting(sock)
+            except OSError as e:  # these stay with the kernel, which resets them
+                log.warning(f"at shutdown, could not take in the connections waiting: {e}")
+            sock.close()
+        for conn in waiting:
+            await self._connect(conn)
         deadline = loop.time() + config.timeout_graceful_shutdown
         while (state.connections or state.tasks) and not self.force_exit and loop.time() < deadline:
             for connection in list(state.connections):

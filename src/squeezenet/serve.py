@@ -174,11 +174,13 @@ class Batcher:
     """Batches the requests queued while a batch runs, and runs each batch on a free stream: it
     decodes the batch's uploads, runs the model on them and takes each image's top-k.
 
-    One stream (the default: one worker process per core) runs on the event loop's own thread: a
-    second thread on the same core only adds interpreter-lock hand-offs to every request
-    (benchmarks/RESULTS.md#serving). Several streams are threads of one or a few cores each,
-    rather than one stream on every core, because a server's cores also read requests and decode
-    images: a runtime spread over every core stalls whenever one of them is taken.
+    Each stream is a thread: while a batch runs (decoding and the runtime release the interpreter
+    lock), the event loop goes on accepting connections, reading requests and refusing those past
+    the queue at once; a batch on the loop's own thread held all of that up for its whole length
+    (refusals took 0.5-2 s under overload, benchmarks/RESULTS.md#overload). Several streams are
+    threads of one or a few cores each, rather than one stream on every core, because a server's
+    cores also read requests and decode images: a runtime spread over every core stalls whenever
+    one of them is taken.
 
     At most ``max_queue`` images wait (a request alone always may): past it, 503 at once. A
     request not answered ``timeout_s`` after it queued gets 504 and is left out of its batch."""
@@ -190,7 +192,7 @@ class Batcher:
         self.streams = streams
         self.max_queue, self.timeout = max_queue or QUEUE_BATCHES * max_batch, timeout_s
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(streams, thread_name_prefix="squeezenet-infer") if streams > 1 else None
+        self.executor = ThreadPoolExecutor(streams, thread_name_prefix="squeezenet-infer")
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.lock = threading.Lock()
@@ -207,8 +209,7 @@ class Batcher:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        if self.executor is not None:
-            self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
         close = getattr(self.engine, "close", None)  # an Engine's; a plain function (tests) has none
         if close is not None:
             close()
@@ -313,15 +314,6 @@ class Batcher:
             await free.acquire()  # collect only once a stream is free: meanwhile the queue grows
             items = await self._collect()
             requests = [(item.files, item.k) for item in items]
-            if self.executor is None:  # on this thread: requests wait in the socket buffers meanwhile
-                done = loop.create_future()
-                try:
-                    done.set_result(self.run(requests))
-                except Exception as e:
-                    done.set_exception(e)
-                free.release()
-                self._deliver(items, done)
-                continue
             done = loop.run_in_executor(self.executor, self.run, requests)
             done.add_done_callback(lambda d, items=items: (free.release(), self._deliver(items, d)))
 
@@ -621,6 +613,7 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
@@ -671,8 +664,12 @@ def create_app(checkpoint, runtime: str = "auto", precision: str = "auto", max_b
     predict = Predict(batcher, runtime_name, max_bytes, max_images, read_timeout_s, metrics)
     routes = [Route("/health", health), Route("/model", describe)]
     routes.append(Mount("/", StaticFiles(directory=site, html=True)) if site is not None else Route("/", no_page))
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+    async def http_error(request, e):  # Starlette's own refusals (404, 405) in JSON too
+        return JSONResponse(error_body(e.status_code, f"{e.detail}: {request.method} {request.url.path[:200]}"),
+                            e.status_code, getattr(e, "headers", None))
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.engine, app.state.batcher, app.state.metrics, app.state.predict = engine, batcher, metrics, predict
     app.state.read_timeout_s, app.state.max_connections = read_timeout_s, max_connections
     return _front(predict, app, site is not None, api_key, cors_origin, metrics)
 
@@ -704,10 +701,11 @@ def _front(predict: Predict, app, isolate: bool, api_key: str | None = None, cor
                 return
             if path == "/predict":
                 return await predict(scope, receive, send)
+            if scope["method"] not in ("GET", "HEAD", "OPTIONS"):  # a body the routes below would leave unread
+                return await refuse(send, Body(scope, receive, 0, predict.read_timeout),
+                                    BadUpload(405, f"{scope['method'][:20]} {path[:200]}: only POST /predict takes a "
+                                                   f"body"))
             if path == "/metrics" and metrics is not None:
-                if scope["method"] not in ("GET", "HEAD"):
-                    return await refuse(send, Body(scope, receive, 0, predict.read_timeout),
-                                        BadUpload(405, "GET /metrics"))
                 from prometheus_client import CONTENT_TYPE_LATEST
 
                 text = metrics.text()
@@ -940,6 +938,21 @@ def _supervise(address, settings: dict, where: str) -> None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _stop_with_parent() -> None:
+    """SIGTERM for this worker when the supervisor dies (SIGKILLed, say), rather than serving on,
+    orphaned (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    import ctypes
+    import ctypes.util
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready, level: int) -> None:
     """One server process: its cores, its app, the shared counters."""
     import sys
@@ -949,6 +962,7 @@ def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready,
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level if index == 0 else max(level, logging.WARNING))  # one worker says the runtime
+    _stop_with_parent()
     os.sched_setaffinity(0, cpus)
     table = np.frombuffer(shared, dtype=np.float64).reshape(settings["workers"], len(COUNTERS))  # no copy
     try:
