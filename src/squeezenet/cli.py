@@ -355,7 +355,8 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--max-connections", type=_positive, default=2048, help="open connections per worker; past it "
                    "the longest idle is closed, else the new one gets 503 (2048)")
     s.add_argument("--api-key", metavar="KEY", help="required on /predict, /model and /metrics as "
-                   "'Authorization: Bearer KEY' (default: $SQUEEZENET_API_KEY; none: open to whoever reaches it)")
+                   "'Authorization: Bearer KEY' (default: $SQUEEZENET_API_KEY, which ps does not show; none: "
+                   "open to whoever reaches it)")
     s.add_argument("--cors-origin", metavar="ORIGIN", help="let pages of this origin call the API (e.g. "
                    "https://example.com; default: none)")
     s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
