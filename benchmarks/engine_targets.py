@@ -129,7 +129,8 @@ class Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-def page_rows(ckpt, compressed, meta, page_images, labels, reference, n: int, tmp: Path) -> tuple[dict, dict]:
+def page_rows(ckpt, compressed, meta, page_images, labels, reference, n: int, tmp: Path,
+              data_dir=None) -> tuple[dict, dict]:
     """The exported pages in one headless Chromium, one after the other, on the first ``n`` images."""
     sites = {"browser engine fp32": (ckpt, "fp32", "engine"), "browser engine int8": (ckpt, "int8", "engine"),
              "browser engine codebook": (compressed, "fp32", "engine"),
@@ -143,7 +144,8 @@ def page_rows(ckpt, compressed, meta, page_images, labels, reference, n: int, tm
         names.append(f"../images/h{i}.png")
     exported = {}
     for name, (source, precision, runtime) in sites.items():
-        exported[name] = export_web(source, root / name.replace(" ", "-"), precision, runtime=runtime)
+        exported[name] = export_web(source, root / name.replace(" ", "-"), precision, runtime=runtime,
+                                    data_dir=data_dir)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -220,7 +222,7 @@ def measure_model(name: str, spec: str, browser_images: int | None, n_latency: i
                                  **native_row(sqz, images.numpy(), labels, reference, n_latency, decode=False)}
     rows.update(tflite_rows(model, meta, images, labels, reference, n_latency))
     page, transfer = page_rows(path, compressed, meta, page_images, labels, reference, browser_images or len(labels),
-                               tmp / name)
+                               tmp / name, data_dir)
     rows.update(page)
     for row, r in rows.items():
         latency = f", p50 {r['p50_ms_b1']:.2f} ms" if "p50_ms_b1" in r else ""

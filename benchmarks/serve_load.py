@@ -12,6 +12,8 @@ inference calls it made, stops the server with SIGTERM, then times the runtime i
 (on uint8 pixels, normalised in its graph, as they run it) in this process on every core
 (``timing.measure``, as ``bench`` does) at the server's mean batch size and at the images in
 flight (at most 32). ``--client wrk`` sends the timed requests from wrk for --wrk-seconds.
+Other processes' CPU seconds meanwhile are reported too: a run beside other work is not one of
+the service.
 The image is --image, or one from the checkpoint's evaluation data at the model's size (random
 pixels where that data is absent), sent as a JPEG of quality 90. The server's and the load
 client's CPU seconds are reported: on a small machine they share the cores. Loopback only;
@@ -72,6 +74,12 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
+
+
+def machine_busy() -> float:
+    """CPU seconds every process on this machine has used so far (/proc/stat: all but idle and iowait)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -138,10 +146,10 @@ async def run_load(port: int, body, args, server_pid: int):
                 break
             await load(connections, 100, 10)
         before = await asyncio.to_thread(get_json, port, "/model")
-        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+        server_cpu, client_cpu, busy = cpu_seconds(server_pid), time.process_time(), machine_busy()
         latencies, failures, seconds = await load(connections, args.requests, args.max_seconds)
         return (latencies, failures, seconds, before, cpu_seconds(server_pid) - server_cpu,
-                time.process_time() - client_cpu)
+                time.process_time() - client_cpu, machine_busy() - busy)
     finally:
         for c in connections:
             c.writer.close()
@@ -188,12 +196,12 @@ def run_wrk(port: int, body, args, server_pid: int):
                 break
             time.sleep(2)
         before = get_json(port, "/model")
-        server_cpu = cpu_seconds(server_pid)
+        server_cpu, busy = cpu_seconds(server_pid), machine_busy()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         figures = wrk(port, body, args.concurrency, args.wrk_seconds, Path(folder))
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         client_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-        return figures, before, cpu_seconds(server_pid) - server_cpu, client_cpu
+        return figures, before, cpu_seconds(server_pid) - server_cpu, client_cpu, machine_busy() - busy
 
 
 def main() -> int:
@@ -236,9 +244,9 @@ def main() -> int:
                     raise SystemExit("the server exited before it was up") from None
                 time.sleep(0.2)
         if args.client == "wrk":
-            figures, before, server_cpu, client_cpu = run_wrk(port, body, args, server.pid)
+            figures, before, server_cpu, client_cpu, busy = run_wrk(port, body, args, server.pid)
         else:
-            latencies, failures, seconds, before, server_cpu, client_cpu = asyncio.run(
+            latencies, failures, seconds, before, server_cpu, client_cpu, busy = asyncio.run(
                 run_load(port, body, args, server.pid))
         info = get_json(port, "/model")
     finally:
@@ -259,6 +267,7 @@ def main() -> int:
               "decode_seconds": info["decode_seconds"] - before["decode_seconds"],
               "inference_seconds": info["inference_seconds"] - before["inference_seconds"],
               "server_cpu_seconds": server_cpu, "client_cpu_seconds": client_cpu,
+              "other_cpu_seconds": busy - server_cpu - client_cpu,  # other processes: a busy machine's run
               "runtime": info["runtime"], "runtime_reason": info["runtime_reason"]}
     # bench: the runtime the server's workers ran at each size (their runner nearest it), in this
     # process on every core, as `bench` times it, the server stopped
@@ -278,8 +287,9 @@ def main() -> int:
     print(f"serve ({served['runtime']}; {what}, {per} per request): {served['requests']} requests, "
           f"{served['failures']} failures, {served['images_per_s']:.0f} img/s, p50 {served['p50_ms']:.1f} ms, "
           f"p95 {served['p95_ms']:.1f} ms, mean batch {mean_batch:.1f}; CPU seconds: server {server_cpu:.1f}, "
-          f"load client {client_cpu:.1f}, in {seconds:.1f} s; the streams spent {served['decode_seconds']:.1f} s "
-          f"decoding, {served['inference_seconds']:.1f} s in inference")
+          f"load client {client_cpu:.1f}, other processes {served['other_cpu_seconds']:.1f}, in {seconds:.1f} s; "
+          f"the streams spent {served['decode_seconds']:.1f} s decoding, {served['inference_seconds']:.1f} s in "
+          f"inference")
     for b, r in benched.items():
         print(f"bench, {r['runtime']}, batch {b}: {r['images_per_s']:.0f} img/s -> serve/bench "
               f"{served['images_per_s'] / r['images_per_s']:.2f}")

@@ -556,7 +556,8 @@ SERVED = (("serve-cifar10", "CIFAR-10 recipe, 32 px"),
           ("serve-cifar10-wrk", "CIFAR-10 recipe, 32 px, load from wrk"),
           ("serve-cifar10-16", "CIFAR-10 recipe, 32 px"),
           ("serve-v11-224", "v1.1 at 224 px, random weights"),
-          ("serve-iw-v11-224", "v1.1 at 224 px, trained"))
+          ("serve-iw-v11-224", "v1.1 at 224 px, trained"),
+          ("serve-iw-photo", "photo recipe, 128 px, trained"))
 
 
 def deploy_serve(_runs: list[dict], suffix: str = "") -> str:
@@ -601,14 +602,18 @@ def _engine(table):
     return make
 
 
-def engine_targets(t: dict) -> str:
+ENGINE_SHORT = tuple(r for r in ENGINE_ROWS if r not in ("C native int8 weights, fp32 math",
+                                                         "browser onnxruntime-web int8"))
+
+
+def engine_targets(t: dict, names=ENGINE_ROWS) -> str:
     """The C engine, the page and LiteRT beside PyTorch, per data set: size (gzip), top-1 and agreement, p50."""
     models = t["models"]
     head = ["target"]
     for name, m in models.items():
         head += [f"{name} ({m['input_size']} px): size (gzip)", "top-1 (agreement)", "p50 ms"]
     rows = []
-    for row in ENGINE_ROWS:
+    for row in names:
         if not any(row in m["rows"] for m in models.values()):
             continue
         cells = [row]
@@ -659,6 +664,48 @@ def compress_sweep(_runs: list[dict]) -> str:
                      "after", "lost"], rows) if rows else NOT_MEASURED
 
 
+def serve_soak(name: str) -> str:
+    """benchmarks/serve_soak.py and serve_hardened.py: capacity, a soak at 80% of it, an overload
+    at 3x; the shutdown under load, try after try."""
+    r = _speed_file(f"{name}.json")
+    if r is None:
+        return NOT_MEASURED
+
+    def ms(d, key):
+        return " / ".join(f"{d[key][q]:,.0f}" for q in ("p50", "p99", "max")) if key in d else "-"
+
+    def statuses(d):
+        return ", ".join(f"{k}: {v:,}" for k, v in sorted(d["statuses"].items()))
+    cap = max(r["capacity_by_connections"], key=lambda c: r["capacity_by_connections"][c])
+    rows = []
+    for phase, label, offered in ((f"capacity_{cap}", f"capacity: closed loop, {cap} connections", "-"),
+                                  ("soak", "soak", f"{r['soak']['offered_valid_img_s']:,.0f} img/s (80%)"),
+                                  ("overload", "overload", f"{r['overload']['offered_img_s']:,.0f} img/s (3x)")):
+        p = r[phase]
+        extra = ""
+        if phase == "soak":
+            growth = ", ".join(f"{100 * g:+.1f}%" for g in p["rss_growth"].values())
+            slow = p["slowloris"]
+            extra = (f"; bad uploads {statuses(p['bad'])}; 11 MB bodies {statuses(p['oversize'])}; slowloris "
+                     f"connections cut {slow.get('cut', 0):,} times (after {slow.get('cut_after_s_max', 0)} s "
+                     f"at most); worker RSS from 60 s to the end {growth}")
+        elif phase == "overload":
+            extra = f"; {p['vs_capacity']:.2f}x capacity"
+        rows.append([label, f"{p['seconds']:,.0f}", offered, f"{p['valid']['per_s_200']:,.1f}",
+                     statuses(p["valid"]) + extra, ms(p["valid"], "ms_200"), ms(p["valid"], "ms_503"),
+                     f"{p['server_cpu_s']:,.0f} / {p['client_cpu_s']:,.0f} / {p['other_cpu_s']:,.0f}"])
+    head = ["phase", "seconds", "offered", "answered 200, img/s", "valid images' answers", "200 ms p50 / p99 / max",
+            "503 ms p50 / p99 / max", "CPU s: service / client / other"]
+    text = md_table(head, rows) + f"\n\n{r['machine']}, {r['cores']} cores, {r['service']['workers']} workers " \
+        f"({r['service']['runtime']}): `{r['command']}`"
+    h = _speed_file("serve-hardened-epyc.json" if name.endswith("-epyc") else "serve-hardened.json")
+    if h is not None:
+        text += "\n\nShutdown under load: " + "; ".join(
+            f"{rt} {v['tries'] - v['failed']} of {v['tries']} tries passed (stopped within {v['max_stopped_s']:.1f} s "
+            f"of SIGTERM)" for rt, v in h["runtimes"].items()) + f", `{h['command']}`"
+    return text
+
+
 def _views(recipe: dict) -> str:
     if not recipe.get("tta"):
         return "one"
@@ -683,9 +730,11 @@ TABLES = {
     "deploy-defaults-epyc": _from_targets(deploy_defaults, "targets-epyc.json"),
     "deploy-serve-epyc": lambda runs: deploy_serve(runs, "-epyc"),
     "engine-targets": _engine(engine_targets),
+    "engine-targets-short": _engine(lambda t: engine_targets(t, ENGINE_SHORT)),
     "engine-page": _engine(engine_page),
     "engine-ram": _engine(engine_ram),
     "compress-sweep": compress_sweep,
+    "serve-soak-epyc": lambda runs: serve_soak("serve-soak-iw-photo-epyc"),
 }
 SECTION = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -466,6 +466,27 @@ def test_batches_run_on_several_streams_at_once_and_a_bad_upload_stays_out(ckpt,
     assert all(tuple(s[1:]) == (32, 32, 3) and s[0] <= 4 for s in seen)  # the pixels, as decoded
 
 
+async def asgi_post(app, body: bytes, delay: float = 0.0):
+    """POST /predict straight to the ASGI app: (status, headers, JSON body, seconds)."""
+    import asyncio
+
+    await asyncio.sleep(delay)
+    sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/predict",
+             "raw_path": b"/predict", "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"image/png")]}
+    t0 = time.monotonic()
+    await app(scope, receive, send)
+    return (sent[0]["status"], dict(sent[0]["headers"]), json.loads(b"".join(m.get("body", b"") for m in sent[1:])),
+            time.monotonic() - t0)
+
+
 def test_a_runtime_that_fails_gives_its_batch_a_json_500(ckpt, pixels):
     import asyncio
 
@@ -477,34 +498,108 @@ def test_a_runtime_that_fails_gives_its_batch_a_json_500(ckpt, pixels):
         raise RuntimeError("the runtime ran out of memory")
     app.state.batcher.engine = broken
 
-    async def post(body: bytes):
-        sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive():
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-        scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/predict",
-                 "raw_path": b"/predict", "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"image/png")]}
-        await app(scope, receive, send)
-        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
-
     async def main():
         await app.state.batcher.start()
         try:
-            return await post(pixels[0].read_bytes())
+            return (await asgi_post(app, pixels[0].read_bytes()))[::2]
         finally:
             await app.state.batcher.stop()
     status, body = asyncio.run(main())
     assert status == 500 and body["error"] == "inference failed: RuntimeError: the runtime ran out of memory"
 
 
+def test_a_full_queue_gets_503_at_once_and_a_timed_out_request_is_never_run(ckpt, pixels):
+    """Two streams busy for 0.3 s, two requests queued (--max-queue 2): the next gets 503 with
+    Retry-After at once; at --timeout-s 0.2 every waiting request gets 504, and those still queued
+    are left out of the next batch rather than computed for nobody."""
+    import asyncio
+
+    from squeezenet.serve import create_app
+
+    app = create_app(ckpt, runtime="onnxruntime", precision="fp32", streams=2, max_batch=1, max_queue=2,
+                     timeout_s=0.2)
+    batcher, ran = app.state.batcher, []
+
+    def slow(x):  # the first two batches
+        ran.append(len(x))
+        time.sleep(0.3 if len(ran) <= 2 else 0)
+        return np.zeros((len(x), 2), dtype=np.float32)
+    batcher.engine = slow
+
+    async def main():
+        await batcher.start()
+        try:
+            body = pixels[0].read_bytes()
+            first = await asyncio.gather(*[asgi_post(app, body, 0.01 * i) for i in range(5)])
+            await asyncio.sleep(0.2)  # the streams finish the batches nobody waits for any more
+            after = await asgi_post(app, body)
+            app.state.predict.max_held = len(body) - 1  # the bound on bytes of bodies held at once
+            return first, after, batcher.queued, await asgi_post(app, body), app.state.predict.held
+        finally:
+            await batcher.stop()
+    first, after, queued, held, still_held = asyncio.run(main())
+    assert held[0] == 503 and "MiB of uploads" in held[2]["error"] and held[1][b"retry-after"] == b"1"
+    assert still_held == 0
+    assert [r[0] for r in first] == [504, 504, 504, 504, 503]
+    status, headers, body, seconds = first[4]
+    assert headers[b"retry-after"] == b"1" and "at most 2" in body["error"] and seconds < 0.1
+    assert all("no answer within 0.2 s" in r[2]["error"] and 0.2 <= r[3] < 0.35 for r in first[:4])
+    assert ran == [1, 1, 1]  # the two that ran when they timed out, and the last: the two queued never ran
+    assert after[0] == 200 and queued == 0
+
+
+def test_a_worker_that_dies_stops_the_service_and_says_how(ckpt, tmp_path):
+    """An abort in a worker (as OpenVINO's compiler thread caused at exit) is not an exit 0: the
+    service stops its other worker, exits 1 and names the worker and the signal."""
+    proc, port = start_server(ckpt, "--runtime", "onnxruntime", "--no-page", "--workers", "2", cache=tmp_path)
+    timer = threading.Timer(60, proc.kill)
+    try:
+        timer.start()
+        while "2 worker processes" not in proc.stdout.readline():  # both up
+            pass
+        timer.cancel()
+        workers = worker_pids(proc)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGABRT)
+        assert proc.wait(30) == 1
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read()
+    assert f"(pid {workers[1]}) was killed by SIGABRT" in log and "other workers were stopped" in log
+    assert "Traceback" not in log
+
+
+def test_serve_warns_when_it_listens_beyond_this_machine_without_a_key(cli, ckpt, monkeypatch):
+    monkeypatch.delenv("SQUEEZENET_API_KEY", raising=False)
+    with socket.socket() as s:  # the port taken: serve stops right after its warning
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = cli("serve", ckpt, "--host", "0.0.0.0", "--port", port, "--no-page")
+        assert code == 1 and "with no API key: anyone who reaches it may use the service" in err
+        for flags in (["--host", "127.0.0.1"], ["--host", "0.0.0.0", "--api-key", "k"]):
+            assert "no API key" not in cli("serve", ckpt, *flags, "--port", port, "--no-page")[2]
+        monkeypatch.setenv("SQUEEZENET_API_KEY", "k")
+        assert "no API key" not in cli("serve", ckpt, "--host", "0.0.0.0", "--port", port, "--no-page")[2]
+    code, out, _ = cli("serve", "--help")
+    assert code == 0 and "warning" in out and "--api-key" in out and "--cors-origin" in out
+    assert cli("serve", ckpt, "--api-key", "two words", "--no-page")[0] == 2
+    assert cli("serve", ckpt, "--cors-origin", "*", "--no-page")[0] == 2
+    assert cli("serve", ckpt, "--timeout-s", "0", "--no-page")[0] == 2
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_pids(proc) -> list[int]:
+    """The service's worker processes (its children but multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def start_server(ckpt, *flags, cache):
@@ -525,10 +620,14 @@ def start_server(ckpt, *flags, cache):
     raise AssertionError("the server did not come up")
 
 
-def request(port, method, path, body=None, headers=None, timeout=60):
+KEY = "test-key-0123"  # the served fixture's API key
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def request(port, method, path, body=None, headers=None, timeout=60, auth=True):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers={**(AUTH if auth else {}), **(headers or {})})
         r = conn.getresponse()
         data = r.read()
         kind = r.getheader("content-type", "")
@@ -545,14 +644,24 @@ def multipart(files):
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), headers
 
 
+ORIGIN = "https://app.example"
+
+
 @pytest.fixture(scope="module")
-def server(ckpt, tmp_path_factory):
-    flags = ["--runtime", "onnxruntime", "--precision", "fp32", "--max-bytes", "200000", "--max-wait-ms", "30"]
-    flags += ["--ort-web", str(ORT_WEB)] if ORT_WEB.is_dir() else ["--no-page"]
+def served(ckpt, tmp_path_factory):
+    """One service for the tests below: its process and port. Short read timeouts and a low
+    connection limit, so that the slow-client tests take seconds."""
+    flags = ["--runtime", "onnxruntime", "--precision", "fp32", "--max-wait-ms", "30", "--api-key", KEY,
+             "--cors-origin", ORIGIN, "--read-timeout-s", "2", "--max-connections", "300", "--workers", "2"]
     proc, port = start_server(ckpt, *flags, cache=tmp_path_factory.mktemp("servecache"))
-    yield port
+    yield proc, port
     proc.terminate()
-    proc.wait(30)
+    assert proc.wait(30) == 0
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 def test_serve_predicts_one_or_many_images_as_predict_does(server, pixels, python_predictions):
@@ -570,15 +679,19 @@ def test_serve_health_model_and_page(server):
     assert request(server, "GET", "/health") == (200, {"status": "ok"})
     status, info = request(server, "GET", "/model")
     assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
-    assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 200000
+    assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 10 * 2**20 and info["api_key"] is True
+    assert (info["max_queue"], info["timeout_s"], info["max_connections"]) == (128, 10.0, 300)
     assert request(server, "GET", "/predict")[0] == 405  # POST only, on the fast path as through Starlette
+    # refusals of the other paths in JSON too; a body they take not left unread
+    assert request(server, "GET", "/nowhere.txt" if info["page"] else "/nowhere")[1]["status"] == 404
+    assert request(server, "POST", "/model", bytes(11_000_000))[1]["error"].startswith("POST /model: only POST")
     cores = len(os.sched_getaffinity(0))
-    workers = min(cores, 4)  # one process per core, each on its own share of the cores
-    assert (info["workers"], info["streams"], info["threads_per_stream"]) == (workers, 1, max(1, cores // workers))
-    if info["page"]:
-        status, page = request(server, "GET", "/")
-        assert status == 200 and "<h1>SqueezeNet</h1>" in page
-        assert request(server, "GET", "/model-info.json")[0] == 200
+    assert (info["workers"], info["streams"], info["threads_per_stream"]) == (2, 1, max(1, cores // 2))
+    assert info["page"]  # on the engine: no onnxruntime-web needed
+    status, page = request(server, "GET", "/")
+    assert status == 200 and "<h1>SqueezeNet</h1>" in page
+    assert request(server, "GET", "/model-info.json")[1]["runtime"] == "engine"
+    assert request(server, "GET", "/engine.wasm")[0] == 200
 
 
 def test_serve_batches_concurrent_requests_and_a_bad_upload_harms_none(server, pixels, python_predictions):
@@ -614,8 +727,8 @@ def test_serve_a_client_gone_mid_upload_harms_no_other(server, pixels, python_pr
 
 
 @pytest.mark.parametrize("body, headers, path, status, message", [
-    (b"x" * 300_000, {"Content-Type": "image/png"}, "/predict", 413, "over the limit"),
     (b"hello", {"Content-Type": "text/plain"}, "/predict", 415, "unsupported Content-Type"),
+    (b"{}", {"Content-Type": "application/json"}, "/predict", 415, "unsupported Content-Type"),
     (b"", {"Content-Type": "image/png"}, "/predict", 400, "no image in the request"),
     (b"GIF89a", {"Content-Type": "image/gif"}, "/predict", 400, "cannot decode image"),
     (b"x", {"Content-Type": "image/png"}, "/predict?top_k=0", 400, "top_k"),
@@ -624,6 +737,271 @@ def test_serve_a_client_gone_mid_upload_harms_no_other(server, pixels, python_pr
 def test_serve_bad_uploads_get_a_json_4xx(server, body, headers, path, status, message):
     got, r = request(server, "POST", path, body, headers)
     assert got == status and message in r["error"] and r["status"] == status
+
+
+def raw_exchange(port, data: bytes, timeout=10) -> bytes:
+    """Sends ``data`` on a new connection and reads until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def json_reply(reply: bytes):
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head[9:12]), head.decode("latin-1").lower(), json.loads(body)
+
+
+def test_serve_oversized_bodies_get_a_413_that_urllib_reads(server, pixels):
+    """The rest of an oversized body is read and discarded before the 413, so that a client still
+    sending reads it (closed with bytes unread, a connection is reset and the answer lost)."""
+    import urllib.error
+    import urllib.request
+
+    for size in (11_000_000, 64_000_000):
+        req = urllib.request.Request(f"http://127.0.0.1:{server}/predict", data=bytes(size),
+                                     headers={"Content-Type": "image/jpeg", **AUTH})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=60)
+        assert e.value.code == 413 and json.loads(e.value.read())["error"].startswith(f"the upload ({size:,} bytes)")
+    # drained, the connection stays open for the next request
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=60)
+    conn.request("POST", "/predict", body=bytes(11_000_000), headers={"Content-Type": "image/png", **AUTH})
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["status"] == 413 and r.getheader("connection") is None
+    conn.request("POST", "/predict", body=pixels[0].read_bytes(), headers={"Content-Type": "image/png", **AUTH})
+    assert conn.getresponse().status == 200
+    conn.close()
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: image/png\r\n"
+    # Expect: 100-continue gets its 413 at once, with no "100 Continue" inviting the body
+    reply = raw_exchange(server, (head + "Expect: 100-continue\r\nContent-Length: 11000000\r\n\r\n").encode())
+    status, headers, body = json_reply(reply)
+    assert status == 413 and b"100 Continue" not in reply and "connection: close" in headers
+    # a body too big to drain: answered at once, the connection closed
+    status, headers, body = json_reply(raw_exchange(server, (head + "Content-Length: 500000000\r\n\r\n").encode()))
+    assert status == 413 and "connection: close" in headers and body["error"].startswith("the upload (500,000,000")
+    # a chunked body with no length: refused once it passes the limit, drained, answered
+    chunk = b"%x\r\n" % 2**20 + bytes(2**20) + b"\r\n"
+    reply = raw_exchange(server, (head + "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+                         + chunk * 11 + b"0\r\n\r\n")
+    assert json_reply(reply)[:1] == (413,)
+
+
+def test_serve_api_key_cors_and_metrics(server, pixels):
+    png = {"Content-Type": "image/png"}
+    for path, method in (("/predict", "POST"), ("/model", "GET"), ("/metrics", "GET")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            status, r = request(server, method, path, pixels[0].read_bytes(), {**png, **headers}, auth=False)
+            assert status == 401 and r == {"error": "this service needs its API key: send the header "
+                                                    "'Authorization: Bearer KEY'", "status": 401}, (path, headers)
+    assert request(server, "GET", "/health", auth=False)[0] == 200  # open: for load balancers
+    status, r = request(server, "POST", "/predict", pixels[0].read_bytes(), {**png, "Authorization": f"bearer {KEY}"},
+                        auth=False)
+    assert status == 200
+    # CORS: the one origin allowed, its preflight answered; another's refused in JSON
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    conn.request("OPTIONS", "/predict", headers={"Origin": ORIGIN, **preflight})
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200 and r.getheader("access-control-allow-origin") == ORIGIN
+    conn.request("OPTIONS", "/predict", headers={"Origin": "https://evil.example", **preflight})
+    r = conn.getresponse()
+    assert r.status == 400 and "Disallowed CORS origin" in json.loads(r.read())["error"]
+    for origin, allowed in ((ORIGIN, ORIGIN), ("https://evil.example", None)):
+        conn.request("POST", "/predict", body=pixels[0].read_bytes(), headers={**png, **AUTH, "Origin": origin})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200 and r.getheader("access-control-allow-origin") == allowed
+    conn.close()
+    # metrics: summed over both workers, in Prometheus' text format
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = {}
+    for _ in range(2):
+        status, text = request(server, "GET", "/metrics")
+        assert status == 200
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        if not before:
+            before = samples
+            for i in range(6):  # new connections: both workers take some
+                request(server, "POST", "/predict", pixels[i % len(pixels)].read_bytes(), png)
+            request(server, "POST", "/predict", b"not an image", png)
+            request(server, "POST", "/predict", pixels[0].read_bytes(), png, auth=False)
+
+    def grew(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return samples.get(key, 0) - before.get(key, 0)
+    assert grew("squeezenet_requests_total", code="200") == 6 and grew("squeezenet_requests_total", code="400") == 1
+    assert grew("squeezenet_requests_total", code="401") == 1 and grew("squeezenet_images_total") == 6
+    assert grew("squeezenet_request_seconds_count") == 8 and grew("squeezenet_batch_size_count") >= 1
+    assert grew("squeezenet_batch_size_sum") == 6 and ("squeezenet_queue_images", ()) in samples
+
+
+def test_serve_cuts_slow_clients_and_serves_others(server, pixels):
+    """--read-timeout-s 2: headers trickled, a connection that says nothing, a body trickled, each
+    cut within the timeout, while a normal request beside them is answered at once."""
+    def slow(lines: list[bytes], pause: float):
+        with socket.create_connection(("127.0.0.1", server), timeout=10) as s:
+            t0, reply = time.monotonic(), b""
+            try:
+                for line in lines:
+                    s.sendall(line)
+                    time.sleep(pause)
+            except OSError:  # closed while still sending: what it answered is still there to read
+                pass
+            try:
+                while chunk := s.recv(65536):
+                    reply += chunk
+            except OSError:
+                pass
+            return time.monotonic() - t0, reply
+    head = [b"POST /predict HTTP/1.1\r\n", *[b"X-Slow: %d\r\n" % i for i in range(20)]]
+    body = [f"POST /predict HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nContent-Type: image/png\r\n"
+            f"Content-Length: 100\r\n\r\n".encode(), *[b"x"] * 20]
+    results = {}
+    threads = [threading.Thread(target=lambda k=k, args=a: results.__setitem__(k, slow(*args)))
+               for k, a in (("head", (head, 0.3)), ("silent", ([], 0)), ("body", (body, 0.3)))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    status, r = request(server, "POST", "/predict?top_k=2", pixels[0].read_bytes(), {"Content-Type": "image/png"})
+    assert status == 200 and time.monotonic() - t0 < 1
+    for t in threads:
+        t.join(15)
+    for kind, (seconds, _) in results.items():
+        assert 1.5 < seconds < 4, (kind, seconds)
+    assert results["silent"][1] == b""  # nothing said, closed without a word
+    assert not results["head"][1] or json_reply(results["head"][1])[0] == 408
+    status, _, err = json_reply(results["body"][1])
+    assert status == 408 and "did not arrive within 2 s" in err["error"]
+    # a head past 64 KiB: 431, in JSON
+    status, _, err = json_reply(raw_exchange(server, b"GET /health HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n"))
+    assert status == 431 and err["status"] == 431
+
+
+@pytest.fixture
+def many_files():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4000:
+        pytest.skip(f"the open-file limit ({hard}) is too low for 1,500 connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_serve_idle_connections_do_not_starve_others(server, pixels, many_files):
+    """1,500 idle keep-alive connections against a limit of 300 per worker: the longest idle are
+    closed to make room, and a new request is answered at once. 1,000 connections that say
+    nothing fill the limit: a new one gets a 503 it can read, until the read timeout cuts them."""
+    png = {"Content-Type": "image/png"}
+    idle = []
+    for _ in range(15):  # a hundred at a time, each answered, then idle
+        more = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(100)]
+        for s in more:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert all(s.recv(4096).startswith(b"HTTP/1.1 200") for s in more)
+        idle += more
+    t0 = time.monotonic()
+    assert request(server, "POST", "/predict", pixels[0].read_bytes(), png)[0] == 200
+    assert time.monotonic() - t0 < 1
+    for s in idle:
+        s.close()
+    silent = [socket.create_connection(("127.0.0.1", server), timeout=10) for _ in range(1000)]
+    try:
+        t0 = time.monotonic()
+        status, r = request(server, "POST", "/predict", pixels[0].read_bytes(), png)
+        assert status == 503 and "limit of 300 connections" in r["error"] and time.monotonic() - t0 < 1
+        time.sleep(2.5)  # --read-timeout-s 2: the silent ones are cut
+        assert request(server, "POST", "/predict", pixels[0].read_bytes(), png)[0] == 200
+    finally:
+        for s in silent:
+            s.close()
+    _, text = request(server, "GET", "/metrics")
+    for reason in ("idle_evicted", "connection_limit", "head_timeout"):
+        assert f'squeezenet_connections_closed_total{{reason="{reason}"}}' in text
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(size=64) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def bomb_jpeg(width: int, height: int) -> bytes:
+    data = bytearray(jpeg_bytes())
+    at = data.find(b"\xff\xc0")  # start of frame: its height and width
+    data[at + 5:at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def worker_rss(served) -> int:
+    """The resident bytes of the service's worker processes, together."""
+    return sum(int(next(ln for ln in Path(f"/proc/{p}/status").read_text().splitlines()
+                        if ln.startswith("VmRSS")).split()[1]) * 1024 for p in worker_pids(served[0]))
+
+
+def test_serve_hostile_uploads_get_a_json_4xx_and_harm_none_beside_them(served, pixels, python_predictions):
+    server = served[1]
+    boundary = "b"
+    many_parts = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n"
+                         for i in range(10_000)) + f"--{boundary}--\r\n"
+    long_name = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{'n' * 2**20}\"; filename=\"a.png\"\r\n\r\n"
+                 f"x\r\n--{boundary}--\r\n")
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    text_as_jpeg, form_headers = multipart([("cat.jpg", b"this is a text file, not a JPEG" * 40)])
+    jpeg = jpeg_bytes()
+    hostile = {  # body, headers, status, what the message says
+        "png bomb": (bomb_png(100_000, 100_000), {"Content-Type": "image/png"}, 400, "decompression bomb"),
+        "png over the pixel limit": (bomb_png(9000, 9000), {"Content-Type": "image/png"}, 400, "over the limit of"),
+        "jpeg bomb": (bomb_jpeg(65_000, 65_000), {"Content-Type": "image/jpeg"}, 400, "decompression bomb"),
+        "truncated jpeg": (jpeg[:len(jpeg) // 2], {"Content-Type": "image/jpeg"}, 400, "truncated"),
+        "10,000 parts": (many_parts.encode(), form, 413, "parts in one form"),
+        "a part name of 1 MB": (long_name.encode(), form, 400, "bad multipart form"),  # its bound or ours
+        "wrong content type": (jpeg, {"Content-Type": "text/html"}, 415, "unsupported Content-Type"),
+        "text with a .jpg name": (text_as_jpeg, form_headers, 400, "cannot decode image 'cat.jpg'"),
+        "no boundary": (b"--x--", {"Content-Type": "multipart/form-data"}, 400, "no boundary"),
+    }
+    rss = worker_rss(served)
+    results = {}
+
+    def send(key, body, headers):
+        results[key] = request(server, "POST", "/predict?top_k=2", body, headers)
+    jobs = [(name, body, headers) for name, (body, headers, _, _) in hostile.items()]
+    jobs += [(i, pixels[i % len(pixels)].read_bytes(), {"Content-Type": "image/png"}) for i in range(12)]
+    threads = [threading.Thread(target=send, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for name, (_, _, status, message) in hostile.items():
+        got, r = results[name]
+        assert got == status and r["status"] == status and message in r["error"], (name, r)
+        assert name != "a part name of 1 MB" or "header" in r["error"].lower()
+    for i in range(12):
+        status, r = results[i]
+        assert status == 200
+        agree(r["predictions"][0]["top"], python_predictions[str(pixels[i % len(pixels)])], 1e-4)
+    assert worker_rss(served) - rss < 100 * 2**20  # refused before anything big was decoded or held
 
 
 def test_serve_port_in_use(cli, ckpt):

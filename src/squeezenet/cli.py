@@ -139,7 +139,7 @@ def _export_web(args) -> int:
     if args.input not in (None, "uint8"):
         raise UsageError("the web page feeds the model uint8 pixels: --input float does not apply to --format web")
     r = export_web(args.checkpoint, args.out, args.precision or "fp32", args.ort_web, args.top_k, args.calib_data,
-                   args.runtime or "engine")
+                   args.runtime or "engine", args.data_dir)
     _write_json(args.json, r)
     if "check" in r:
         c = r["check"]
@@ -208,7 +208,8 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.runtime, args.precision, args.max_batch, args.max_wait_ms,
-          args.max_bytes, args.ort_web, args.page, args.streams, args.workers)
+          args.max_bytes, args.ort_web, args.page, args.streams, args.workers, args.max_queue, args.timeout_s,
+          args.read_timeout_s, args.max_connections, args.api_key, args.cors_origin)
     return 0
 
 
@@ -275,6 +276,16 @@ def cmd_cache(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
 
 def _positive(text: str) -> int:
     try:
@@ -371,15 +382,17 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
     s.add_argument("--input-size", type=_positive, help="c: the input size to plan for (default: the checkpoint's)")
     s.add_argument("--max-ram", metavar="BYTES", help="c: fail if the model needs more RAM (e.g. 163840 or 160K)")
-    s.add_argument("--data-dir", help="c: held-out images to check the export on (default: the checkpoint's "
+    s.add_argument("--data-dir", help="c, web: held-out images to check the export on (default: the checkpoint's "
                    "evaluation split)")
     s.add_argument("--check-images", type=_positive, help="c: check on at most this many images (default: all)")
     s.add_argument("--json")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model) and the web page")
+    s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model, GET /metrics) and the "
+                       "web page")
     s.add_argument("checkpoint")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only; "
+                   "beyond it without --api-key, a warning is printed)")
     s.add_argument("--port", type=int, default=8000)
     _add_runtime_flags(s)
     s.add_argument("--max-batch", type=_positive, default=32, help="images per inference call (32)")
@@ -389,7 +402,21 @@ def _add_deploy_parsers(sub) -> None:
                                                      "one per core, at most 4; 1 for the lowest latency)")
     s.add_argument("--streams", type=_positive, default=1, help="batches each worker runs at once, its cores "
                                                                 "shared among them (1)")
-    s.add_argument("--ort-web", metavar="DIR", help="onnxruntime-web's dist folder, for the page at /")
+    s.add_argument("--max-queue", type=_positive, help="images waiting per worker; past it, 503 with "
+                   "Retry-After at once (default: 4 x --max-batch)")
+    s.add_argument("--timeout-s", type=_positive_float, default=10.0, help="seconds from a request's body to its "
+                   "answer; past it, 504 (10)")
+    s.add_argument("--read-timeout-s", type=_positive_float, default=30.0, help="seconds for a request's headers "
+                   "to arrive, then for its body; past it, 408 (30)")
+    s.add_argument("--max-connections", type=_positive, default=2048, help="open connections per worker; past it "
+                   "the longest idle is closed, else the new one gets 503 (2048)")
+    s.add_argument("--api-key", metavar="KEY", help="required on /predict, /model and /metrics as "
+                   "'Authorization: Bearer KEY' (default: $SQUEEZENET_API_KEY, which ps does not show; none: "
+                   "open to whoever reaches it)")
+    s.add_argument("--cors-origin", metavar="ORIGIN", help="let pages of this origin call the API (e.g. "
+                   "https://example.com; default: none)")
+    s.add_argument("--ort-web", metavar="DIR", help="the page at / on onnxruntime-web from this dist folder "
+                   "(default: on squeezenet's engine as WebAssembly)")
     s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
     s.set_defaults(func=cmd_serve)
 

@@ -96,7 +96,7 @@ def fetch_ort_web(dest: Path, url: str = ORT_WEB_URL, integrity: str = ORT_WEB_I
     return dest
 
 
-def site_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[bytes, dict]:
+def site_model(checkpoint, precision: str = "fp32", calib_data=None, data_dir=None) -> tuple[bytes, dict]:
     """(uint8-input ONNX model, its check): fp32 verified against PyTorch on the checkpoint's own
     images, int8 quantized on its training images with top-1 before and after measured."""
     if precision not in PRECISIONS:
@@ -109,7 +109,8 @@ def site_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[by
         from .quantize import quantize
 
         with tempfile.TemporaryDirectory() as tmp:
-            r = quantize(checkpoint, calib_data, Path(tmp) / "model.int8.onnx", bench_seconds=0.2, input_type="uint8")
+            r = quantize(checkpoint, calib_data, Path(tmp) / "model.int8.onnx", bench_seconds=0.2, input_type="uint8",
+                         data_dir=data_dir)
             data = Path(r["out"]).read_bytes()
         return data, {"top1_fp32": r["top1_fp32"], "top1_int8": r["top1_int8"], "eval_count": r["eval_count"]}
     pre = meta.preprocess
@@ -119,7 +120,7 @@ def site_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[by
     return data, {"max_abs_diff": diff, "checked_on": len(images)}
 
 
-def engine_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[bytes, dict]:
+def engine_model(checkpoint, precision: str = "fp32", calib_data=None, data_dir=None) -> tuple[bytes, dict]:
     """(gzip-compressed model file, its check) for the engine's page: fp32 checked against PyTorch
     on the checkpoint's own images; int8 as int8 weights dequantized at load (a quarter of the
     download, fp32 math), its top-1 measured on the evaluation split against PyTorch's; a
@@ -133,7 +134,7 @@ def engine_model(checkpoint, precision: str = "fp32", calib_data=None) -> tuple[
     model, meta = load_checkpoint(path)
     size = meta.preprocess.image_size
     data = model_file_for(path, model, meta, "int8w" if precision == "int8" else "fp32", size, calib_data)
-    images, labels, source = check_images(meta, limit=None if precision == "int8" else 8)
+    images, labels, source = check_images(meta, data_dir, limit=None if precision == "int8" else 8)
     engine = NativeEngine(data)
     engine.decode()
     check = compare(engine(images.numpy()), reference_logits(model, meta, images), labels, precision == "fp32")
@@ -150,7 +151,7 @@ def info(meta, precision: str, top_k: int, model: str = "model.onnx", runtime: s
 
 
 def export_web(checkpoint, out=None, precision: str = "fp32", ort_web=None, top_k: int = 5,
-               calib_data=None, runtime: str = "engine") -> dict:
+               calib_data=None, runtime: str = "engine", data_dir=None) -> dict:
     """Write the site folder into a temporary folder beside ``out``, then rename it into place."""
     from .cengine import packaged_wasm
     from .checkpoint import read_metadata, resolve_checkpoint
@@ -163,13 +164,13 @@ def export_web(checkpoint, out=None, precision: str = "fp32", ort_web=None, top_
         raise UsageError(f"--out {out} exists and is not a site this command wrote: choose a new folder")
     if runtime == "engine":
         wasm = packaged_wasm()
-        data, check = engine_model(checkpoint, precision, calib_data)
+        data, check = engine_model(checkpoint, precision, calib_data, data_dir)
         files = {"engine.wasm": wasm.read_bytes(), "model.sqz": data,
                  "runtime.js": (ASSETS / "runtime-engine.js").read_bytes()}
         model_name = "model.sqz"
     else:
         folder = ort_web_dir(ort_web)  # before the work: a missing runtime fails fast
-        data, check = site_model(checkpoint, precision, calib_data)
+        data, check = site_model(checkpoint, precision, calib_data, data_dir)
         files = {f"ort/{name}": (folder / name).read_bytes() for name in ORT_WEB_FILES}
         files |= {"model.onnx": data, "runtime.js": (ASSETS / "runtime-ort.js").read_bytes()}
         model_name = "model.onnx"
