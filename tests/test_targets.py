@@ -680,7 +680,7 @@ def test_serve_health_model_and_page(server):
     status, info = request(server, "GET", "/model")
     assert status == 200 and info["class_names"] == ["cat", "dog"] and info["image_size"] == 32
     assert info["runtime"] == "onnxruntime fp32" and info["max_bytes"] == 10 * 2**20 and info["api_key"] is True
-    assert (info["max_queue"], info["timeout_s"], info["max_connections"]) == (128, 10.0, 300)
+    assert (info["max_queue"], info["timeout_s"], info["max_connections"]) == (256, 10.0, 300)
     assert request(server, "GET", "/predict")[0] == 405  # POST only, on the fast path as through Starlette
     # refusals of the other paths in JSON too; a body they take not left unread
     assert request(server, "GET", "/nowhere.txt" if info["page"] else "/nowhere")[1]["status"] == 404

@@ -403,7 +403,7 @@ def _add_deploy_parsers(sub) -> None:
     s.add_argument("--streams", type=_positive, default=1, help="batches each worker runs at once, its cores "
                                                                 "shared among them (1)")
     s.add_argument("--max-queue", type=_positive, help="images waiting per worker; past it, 503 with "
-                   "Retry-After at once (default: 4 x --max-batch)")
+                   "Retry-After at once (default: 8 x --max-batch)")
     s.add_argument("--timeout-s", type=_positive_float, default=10.0, help="seconds from a request's body to its "
                    "answer; past it, 504 (10)")
     s.add_argument("--read-timeout-s", type=_positive_float, default=30.0, help="seconds for a request's headers "

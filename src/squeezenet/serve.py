@@ -59,7 +59,10 @@ MAX_BYTES = 10 * 1024 * 1024  # per request: photos from phones are 2-8 MB
 MAX_IMAGES = 64  # per request
 MAX_BATCH = 32
 MAX_WAIT_MS = 5.0
-QUEUE_BATCHES = 4  # --max-queue's default, in batches: enough to keep a stream busy, few enough to answer soon
+# --max-queue's default, in batches: bursts of a Poisson load at 80% of capacity fit (4 refused
+# some), and the wait it bounds (~2 s of a 2-core CPU's work at 128 px) stays well under --timeout-s
+QUEUE_BATCHES = 8
+TRIM_EVERY_S = 5.0  # how often a worker hands freed heap memory back to the system (glibc's malloc_trim)
 TIMEOUT_S = 10.0  # --timeout-s: from a request's body read to its answer
 READ_TIMEOUT_S = 30.0  # --read-timeout-s: for a request's headers, then for its body (10 MB at 3 Mbit/s)
 MAX_CONNECTIONS = 2048  # per worker
@@ -170,6 +173,38 @@ class Item:
         self.files, self.k, self.future, self.n, self.queued = files, k, future, len(files), True
 
 
+def _libc():
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl, macOS): its allocator as it is
+        return None
+
+
+def tame_malloc() -> None:
+    """glibc only, in a worker before its threads start: a worker's memory follows its working set
+    rather than its bursts. Blocks of 1 MiB and more (uploads, decoded photos) are mapped apart and
+    go back to the system when freed (glibc otherwise raises that threshold to the largest block
+    freed and keeps such blocks in its heaps), and two heaps in all (one per thread otherwise,
+    each growing on its own)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (setting it turns off glibc's dynamic threshold)
+
+
+def trim_heap(last: list[float]) -> None:
+    """Hands the heaps' free pages back to the system, at most every TRIM_EVERY_S seconds."""
+    now = time.monotonic()
+    if now - last[0] >= TRIM_EVERY_S:
+        last[0] = now
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)
+
+
 class Batcher:
     """Batches the requests queued while a batch runs, and runs each batch on a free stream: it
     decodes the batch's uploads, runs the model on them and takes each image's top-k.
@@ -191,6 +226,7 @@ class Batcher:
         self.engine, self.meta, self.max_batch, self.max_wait = engine, meta, max_batch, max_wait_ms / 1000
         self.streams = streams
         self.max_queue, self.timeout = max_queue or QUEUE_BATCHES * max_batch, timeout_s
+        self.trimmed = [time.monotonic()]
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(streams, thread_name_prefix="squeezenet-infer")
         self.queue: asyncio.Queue | None = None
@@ -302,6 +338,7 @@ class Batcher:
             self.counters[4] = getattr(self.engine, "compiling", 0)
         if self.metrics is not None and good:
             self.metrics.batch(len(good), t2 - t0)
+        trim_heap(self.trimmed)
         return results
 
     @property
@@ -826,6 +863,7 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, runtime: str = 
              f"{'; the API key is needed' if api_key else ''}); SIGTERM or Ctrl-C stops it")
     try:
         if workers == 1:
+            tame_malloc()
             app = create_app(**settings)
             log.info(where)
             server = _server(app, sock)
@@ -964,6 +1002,7 @@ def _worker(address, index: int, cpus: list[int], settings: dict, shared, ready,
     logger.addHandler(handler)
     logger.setLevel(level if index == 0 else max(level, logging.WARNING))  # one worker says the runtime
     _stop_with_parent()
+    tame_malloc()
     os.sched_setaffinity(0, cpus)
     table = np.frombuffer(shared, dtype=np.float64).reshape(settings["workers"], len(COUNTERS))  # no copy
     try:
