@@ -25,6 +25,7 @@ LAYERS = [
     ["cengine"],
     ["runtime", "web", "mobile"],
     ["bench", "predict"],
+    ["httpd"],
     ["serve"],
     ["cli"],
     ["__main__", "__init__"],

@@ -359,35 +359,7 @@ def _add_runtime_flags(s) -> None:
                         "of top-1 lost")
 
 
-def _add_deploy_parsers(sub) -> None:
-    s = sub.add_parser("export", help="ONNX, TorchScript, a web page or ExecuTorch, checked against PyTorch")
-    s.add_argument("checkpoint")
-    s.add_argument("--format", required=True, help="onnx, torchscript, web (a static folder that runs in the "
-                   "browser), executorch (.pte for phones), tflite (LiteRT, for Android and MediaPipe) or c "
-                   "(the C engine for microcontrollers and "
-                   "embedded Linux: model.c/.h, the engine, an example and its Makefile)")
-    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte / c/)")
-    s.add_argument("--input", choices=("uint8", "float"), help="uint8: RGB pixels (N, H, W, 3) with the "
-                   "preprocessing inside the model (default for web and executorch); float: normalised "
-                   "NCHW (default for onnx and torchscript)")
-    s.add_argument("--precision", choices=("fp32", "int8"), help="web, executorch, tflite and c: int8 quantized on the "
-                   "training images (default fp32)")
-    s.add_argument("--calib-data", help="int8: folder of calibration images (default: the training data)")
-    s.add_argument("--ort-web", metavar="DIR", help="web: onnxruntime-web's dist folder (default: "
-                   "./node_modules/onnxruntime-web/dist, the cache, else the npm registry, verified)")
-    s.add_argument("--top-k", type=_positive, default=5, help="web: labels shown per image")
-    s.add_argument("--runtime", choices=("engine", "ort-web"), help="web: squeezenet's C engine as WebAssembly "
-                   "(default: a few KB) or onnxruntime-web (14 MB)")
-    s.add_argument("--opset", type=int, default=17, help="ONNX opset (10..20)")
-    s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
-    s.add_argument("--input-size", type=_positive, help="c: the input size to plan for (default: the checkpoint's)")
-    s.add_argument("--max-ram", metavar="BYTES", help="c: fail if the model needs more RAM (e.g. 163840 or 160K)")
-    s.add_argument("--data-dir", help="c, web: held-out images to check the export on (default: the checkpoint's "
-                   "evaluation split)")
-    s.add_argument("--check-images", type=_positive, help="c: check on at most this many images (default: all)")
-    s.add_argument("--json")
-    s.set_defaults(func=cmd_export)
-
+def _add_serve_parser(sub) -> None:
     s = sub.add_parser("serve", help="HTTP API (POST /predict, GET /health, GET /model, GET /metrics) and the "
                        "web page")
     s.add_argument("checkpoint")
@@ -419,6 +391,38 @@ def _add_deploy_parsers(sub) -> None:
                    "(default: on squeezenet's engine as WebAssembly)")
     s.add_argument("--page", action=argparse.BooleanOptionalAction, default=True, help="serve the web page at /")
     s.set_defaults(func=cmd_serve)
+
+
+def _add_deploy_parsers(sub) -> None:
+    s = sub.add_parser("export", help="ONNX, TorchScript, a web page or ExecuTorch, checked against PyTorch")
+    s.add_argument("checkpoint")
+    s.add_argument("--format", required=True, help="onnx, torchscript, web (a static folder that runs in the "
+                   "browser), executorch (.pte for phones), tflite (LiteRT, for Android and MediaPipe) or c "
+                   "(the C engine for microcontrollers and "
+                   "embedded Linux: model.c/.h, the engine, an example and its Makefile)")
+    s.add_argument("--out", help="default: beside the checkpoint (.onnx / .pt / site/ / .pte / c/)")
+    s.add_argument("--input", choices=("uint8", "float"), help="uint8: RGB pixels (N, H, W, 3) with the "
+                   "preprocessing inside the model (default for web and executorch); float: normalised "
+                   "NCHW (default for onnx and torchscript)")
+    s.add_argument("--precision", choices=("fp32", "int8"), help="web, executorch, tflite and c: int8 quantized on the "
+                   "training images (default fp32)")
+    s.add_argument("--calib-data", help="int8: folder of calibration images (default: the training data)")
+    s.add_argument("--ort-web", metavar="DIR", help="web: onnxruntime-web's dist folder (default: "
+                   "./node_modules/onnxruntime-web/dist, the cache, else the npm registry, verified)")
+    s.add_argument("--top-k", type=_positive, default=5, help="web: labels shown per image")
+    s.add_argument("--runtime", choices=("engine", "ort-web"), help="web: squeezenet's C engine as WebAssembly "
+                   "(default: a few KB) or onnxruntime-web (14 MB)")
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (10..20)")
+    s.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: batch 1)")
+    s.add_argument("--input-size", type=_positive, help="c: the input size to plan for (default: the checkpoint's)")
+    s.add_argument("--max-ram", metavar="BYTES", help="c: fail if the model needs more RAM (e.g. 163840 or 160K)")
+    s.add_argument("--data-dir", help="c, web: held-out images to check the export on (default: the checkpoint's "
+                   "evaluation split)")
+    s.add_argument("--check-images", type=_positive, help="c: check on at most this many images (default: all)")
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_export)
+
+    _add_serve_parser(sub)
 
     s = sub.add_parser("quantize", help="int8 ONNX (onnxruntime static QDQ), calibrated on training images; "
                                        "int8 and bf16 accuracy measured")

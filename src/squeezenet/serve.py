@@ -29,7 +29,6 @@ import errno
 import hmac
 import importlib.util
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -84,11 +83,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-try:  # the serve extra's JSON writer: on a service of a small model the json module's time shows
-    from orjson import dumps
-except ImportError:
-    def dumps(content) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+from .httpd import dumps  # noqa: E402  (orjson where installed)
 
 
 def require_serve() -> None:
