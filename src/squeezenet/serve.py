@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hmac
 import importlib.util
 import ipaddress
@@ -48,6 +49,7 @@ from PIL import UnidentifiedImageError
 from .checkpoint import load_checkpoint
 from .data import decode
 from .errors import SqueezeNetError, UsageError
+from .httpd import dumps  # orjson where installed
 from .predict import top_labels
 from .runs import RunMeta
 from .runtime import Int8Model, candidates, find_int8, make_engine
@@ -82,8 +84,6 @@ PROTECTED = ("/predict", "/model", "/metrics")  # paths that need the API key wh
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
-
-from .httpd import dumps  # noqa: E402  (orjson where installed)
 
 
 def require_serve() -> None:
@@ -168,6 +168,7 @@ class Item:
         self.files, self.k, self.future, self.n, self.queued = files, k, future, len(files), True
 
 
+@functools.cache
 def _libc():
     import ctypes
 
@@ -190,14 +191,11 @@ def tame_malloc() -> None:
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (setting it turns off glibc's dynamic threshold)
 
 
-def trim_heap(last: list[float]) -> None:
-    """Hands the heaps' free pages back to the system, at most every TRIM_EVERY_S seconds."""
-    now = time.monotonic()
-    if now - last[0] >= TRIM_EVERY_S:
-        last[0] = now
-        libc = _libc()
-        if libc is not None:
-            libc.malloc_trim(0)
+def trim_heap() -> None:
+    """Hands the heaps' free pages back to the system (glibc only)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class Batcher:
@@ -221,7 +219,7 @@ class Batcher:
         self.engine, self.meta, self.max_batch, self.max_wait = engine, meta, max_batch, max_wait_ms / 1000
         self.streams = streams
         self.max_queue, self.timeout = max_queue or QUEUE_BATCHES * max_batch, timeout_s
-        self.trimmed = [time.monotonic()]
+        self.trimmed_at = time.perf_counter()  # the clock of run()'s timings
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(streams, thread_name_prefix="squeezenet-infer")
         self.queue: asyncio.Queue | None = None
@@ -333,7 +331,9 @@ class Batcher:
             self.counters[4] = getattr(self.engine, "compiling", 0)
         if self.metrics is not None and good:
             self.metrics.batch(len(good), t2 - t0)
-        trim_heap(self.trimmed)
+        if t2 - self.trimmed_at >= TRIM_EVERY_S:
+            self.trimmed_at = t2
+            trim_heap()
         return results
 
     @property
